@@ -1,0 +1,250 @@
+"""Every way a call to the image API, or a copy of its images, can fail.
+
+The whole hierarchy, one place::
+
+    ImageGenError (AirflowException)
+    ├── ImageGenValidationError (also ValueError)   bad input, caught before any network call  [permanent]
+    ├── ImageGenAPIError                            the API answered with an HTTP error
+    │   ├── ImageGenBadRequestError                 400 / 422: the API rejected the request    [permanent]
+    │   │   └── ImageGenContentPolicyError          the prompt was refused by moderation       [permanent]
+    │   ├── ImageGenAuthenticationError             401 / 403: missing, wrong or revoked key   [permanent]
+    │   ├── ImageGenNotFoundError                   404: wrong base URL or endpoint            [permanent]
+    │   ├── ImageGenRateLimitError                  429 (keeps Retry-After)                    [retried]
+    │   └── ImageGenServerError                     408, 409, 5xx                              [retried]
+    ├── ImageGenConnectionError                     connect failure, reset, protocol error     [retried]
+    │   └── ImageGenTimeoutError                    connect / read / total deadline exceeded   [retried]
+    ├── ImageGenBadResponseError                    2xx whose body is not {"images": [URL, ...]}
+    │   └── ImageGenNoImagesError                   2xx with an empty image list
+    ├── ImageGenDownloadError                       an image URL could not be fetched (expired, cut short...)
+    │   └── ImageGenImageVerificationError          the bytes are not the image that was asked for
+    └── ImageGenStorageError                        S3 refused or lost an upload
+                                                    [permanent for a missing bucket or denied access]
+
+``retryable`` says whether the hook retries the call itself (with backoff); ``permanent`` says
+that retrying can never help, so the operator fails the task without Airflow retries (retries of
+such errors only cost money). Error texts never contain the API key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from airflow.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "ImageGenAPIError",
+    "ImageGenAuthenticationError",
+    "ImageGenBadRequestError",
+    "ImageGenBadResponseError",
+    "ImageGenConnectionError",
+    "ImageGenContentPolicyError",
+    "ImageGenDownloadError",
+    "ImageGenError",
+    "ImageGenImageVerificationError",
+    "ImageGenNoImagesError",
+    "ImageGenNotFoundError",
+    "ImageGenRateLimitError",
+    "ImageGenServerError",
+    "ImageGenStorageError",
+    "ImageGenTimeoutError",
+    "ImageGenValidationError",
+    "error_from_response",
+]
+
+_MAX_MESSAGE_CHARS = 500
+_CONTENT_POLICY_MARKERS = ("content_policy", "content policy", "moderation", "safety", "policy_violation")
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
+
+
+class ImageGenError(AirflowException):
+    """Base class of every error raised by this provider."""
+
+    retryable: bool = False
+    permanent: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ImageGenValidationError(ImageGenError, ValueError):
+    """A request parameter is outside the API contract; raised before any network call."""
+
+    permanent = True
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = f"{shown[:60]}... ({len(value) if hasattr(value, '__len__') else '?'} characters)"
+        super().__init__(f"Invalid {field}: {shown}; allowed: {allowed}")
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+
+
+class ImageGenAPIError(ImageGenError):
+    """The API answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        suffix = f" (HTTP {status_code}" + (f", request id {request_id}" if request_id else "") + ")"
+        super().__init__(message + suffix)
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
+        self.request_id = request_id
+        self.code = code
+        self.param = param
+
+
+class ImageGenBadRequestError(ImageGenAPIError):
+    """400 or 422: the API rejected the request as invalid."""
+
+    permanent = True
+
+
+class ImageGenContentPolicyError(ImageGenBadRequestError):
+    """The prompt was refused by the API's content moderation."""
+
+
+class ImageGenAuthenticationError(ImageGenAPIError):
+    """401 or 403: the API key is missing, wrong, revoked or not allowed to use this model."""
+
+    permanent = True
+
+
+class ImageGenNotFoundError(ImageGenAPIError):
+    """404 from the generation endpoint: the connection's base URL or endpoint is wrong."""
+
+    permanent = True
+
+
+class ImageGenRateLimitError(ImageGenAPIError):
+    """429: too many requests. ``retry_after`` holds the server's wait in seconds, if it sent one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ImageGenServerError(ImageGenAPIError):
+    """408, 409 or 5xx: a fault on the API's side that may pass."""
+
+    retryable = True
+
+
+class ImageGenConnectionError(ImageGenError):
+    """The API could not be reached, or the connection broke mid-call."""
+
+    retryable = True
+
+
+class ImageGenTimeoutError(ImageGenConnectionError):
+    """A connect, read or total deadline was exceeded."""
+
+
+class ImageGenBadResponseError(ImageGenError):
+    """A 2xx answer whose body is not the documented ``{"images": [URL, ...]}``."""
+
+
+class ImageGenNoImagesError(ImageGenBadResponseError):
+    """A 2xx answer with an empty image list: no images returned."""
+
+
+class ImageGenDownloadError(ImageGenError):
+    """An image URL returned by the API could not be fetched (expired, refused, cut short...)."""
+
+
+class ImageGenImageVerificationError(ImageGenDownloadError):
+    """The downloaded bytes are not the image that was asked for (format, size, content type)."""
+
+
+class ImageGenStorageError(ImageGenError):
+    """S3 refused, failed or lost an upload; nothing is left under the final key."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _error_details(response: httpx.Response) -> tuple[str, str | None, str | None]:
+    """Message, code and param of an error body, whether it is JSON (of several shapes) or text."""
+    text = response.text.strip()
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("msg") or json.dumps(error)
+            code, param = error.get("code") or error.get("type"), error.get("param")
+            return str(message), (str(code) if code else None), (str(param) if param else None)
+        if isinstance(error, str):
+            return error, None, None
+    if text:
+        return text, None, None
+    return response.reason_phrase or "no error message", None, None
+
+
+def error_from_response(response: httpx.Response, *, secret: str | None = None) -> ImageGenAPIError:
+    """Map an HTTP error response from the generation endpoint onto the exception hierarchy.
+
+    :param response: a response with a 4xx/5xx status; its body must have been read.
+    :param secret: the API key, scrubbed from the message in case the server echoes it.
+    """
+    message, code, param = _error_details(response)
+    if secret:
+        message = message.replace(secret, "***")
+    message = " ".join(message.split())[:_MAX_MESSAGE_CHARS]
+    status = response.status_code
+    request_id = next((response.headers[h] for h in _REQUEST_ID_HEADERS if h in response.headers), None)
+    kwargs: dict[str, Any] = {"status_code": status, "request_id": request_id, "code": code, "param": param}
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return ImageGenRateLimitError(f"Rate limited by the image API: {message}", retry_after=retry_after, **kwargs)
+    if status in (401, 403):
+        return ImageGenAuthenticationError(f"The image API refused the API key: {message}", **kwargs)
+    if status == 404:
+        return ImageGenNotFoundError(
+            f"The image API endpoint was not found; check the connection's Base URL and endpoint: {message}",
+            **kwargs,
+        )
+    if status in (408, 409) or status >= 500:
+        return ImageGenServerError(f"The image API failed: {message}", **kwargs)
+    haystack = f"{code or ''} {message}".lower()
+    if any(marker in haystack for marker in _CONTENT_POLICY_MARKERS):
+        return ImageGenContentPolicyError(f"The prompt was refused by content moderation: {message}", **kwargs)
+    return ImageGenBadRequestError(f"The image API rejected the request: {message}", **kwargs)

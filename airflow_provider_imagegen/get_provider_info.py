@@ -1,0 +1,80 @@
+"""What Airflow reads about this provider, through the ``apache_airflow_provider`` entry point.
+
+The Connections UI builds the ``imagegen`` form from ``conn-fields`` and ``ui-field-behaviour``
+here, without importing the hook. Keep this module free of imports: Airflow loads it on start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_imagegen import __version__
+
+INTEGRATION = "GPT Image 2"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata, validated by Airflow against its provider-info schema."""
+    return {
+        "package-name": "airflow-provider-imagegen",
+        "name": "Image Generation (GPT Image 2)",
+        "description": "Templated prompts to images with the GPT Image 2 text-to-image API, landed and verified in S3.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://api.highwayapi.ai",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_imagegen.hooks.imagegen"]}],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imagegen.operators.imagegen"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imagegen.triggers.imagegen"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "imagegen",
+                "hook-class-name": "airflow_provider_imagegen.hooks.imagegen.ImageGenHook",
+                "hook-name": "GPT Image 2",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "schema", "port"],
+                    "relabeling": {"host": "Base URL", "password": "API Key"},
+                    "placeholders": {
+                        "host": "https://api.highwayapi.ai",
+                        "password": "Your GPT Image 2 API key (sent as a Bearer token)",
+                        "endpoint": "/v3/gpt-image-2-text-to-image",
+                        "timeout": "600",
+                        "max_retries": "3",
+                    },
+                },
+                "conn-fields": {
+                    "endpoint": {
+                        "label": "Endpoint",
+                        "description": "Path of the text-to-image endpoint under the Base URL.",
+                        "schema": {"type": ["string", "null"], "default": "/v3/gpt-image-2-text-to-image"},
+                    },
+                    "timeout": {
+                        "label": "Timeout (seconds)",
+                        "description": "Read timeout of one generation call; high-quality 4K images take "
+                        "minutes. Connecting has its own short timeout.",
+                        "schema": {"type": ["number", "null"], "default": 600, "minimum": 1},
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "description": "Retries of rate-limited (429), server-error (5xx) and network-failed "
+                        "calls, with backoff honouring Retry-After. Rejected requests are never retried.",
+                        "schema": {"type": ["integer", "null"], "default": 3, "minimum": 0, "maximum": 20},
+                    },
+                },
+            }
+        ],
+    }

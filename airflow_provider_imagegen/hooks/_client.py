@@ -1,0 +1,279 @@
+"""The HTTP side of the hook, free of Airflow: connection settings, retry policy, response parsing.
+
+Everything here is a pure function or a small value type, so it is tested without a network
+or an Airflow connection, and shared by the sync path (the hook) and the async one (the trigger).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+
+from airflow_provider_imagegen import __version__
+from airflow_provider_imagegen.exceptions import (
+    ImageGenBadResponseError,
+    ImageGenConnectionError,
+    ImageGenDownloadError,
+    ImageGenError,
+    ImageGenNoImagesError,
+    ImageGenRateLimitError,
+    ImageGenTimeoutError,
+    ImageGenValidationError,
+    error_from_response,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+DEFAULT_BASE_URL = "https://api.highwayapi.ai"
+DEFAULT_ENDPOINT = "/v3/gpt-image-2-text-to-image"
+DEFAULT_TIMEOUT = 600.0  # a high-quality 4K image can take minutes
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # far above any 4K PNG
+DEFAULT_DOWNLOAD_DEADLINE = 300.0
+MAX_RETRY_AFTER = 120.0  # a longer wait is better spent by an Airflow retry than a blocked worker
+USER_AGENT = f"airflow-provider-imagegen/{__version__} httpx/{httpx.__version__}"
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What the hook needs from an ``imagegen`` connection. The key is kept out of ``repr``."""
+
+    api_key: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    endpoint: str = DEFAULT_ENDPOINT
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    @property
+    def url(self) -> str:
+        """The full URL of the generation endpoint."""
+        return self.base_url + self.endpoint
+
+    @property
+    def httpx_timeout(self) -> httpx.Timeout:
+        """Short connect, long read: generation is slow, an unreachable host should fail fast."""
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+
+    def headers(self) -> dict[str, str]:
+        """Headers of a generation call. Only this call carries the key, never image downloads."""
+        return {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+
+def _number(conn_id: str, name: str, value: Any, kind: type[int] | type[float], minimum: float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        raise ImageGenValidationError(
+            f"connection {conn_id!r} extra {name}", value, f"a number >= {minimum:g}"
+        ) from None
+    return number
+
+
+def normalise_base_url(host: str | None) -> str:
+    """``api.example.com`` → ``https://api.example.com``; empty → the public API; no trailing slash."""
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        host = "https://" + host
+    return host.rstrip("/")
+
+
+def settings_from_connection(
+    conn_id: str,
+    host: str | None,
+    password: str | None,
+    extra: Mapping[str, Any],
+) -> ConnectionSettings:
+    """Turn an ``imagegen`` connection's fields into settings, checking each one.
+
+    :param conn_id: connection id, for error messages.
+    :param host: the Base URL (scheme optional, default the public API).
+    :param password: the API key (required).
+    :param extra: ``endpoint``, ``timeout`` (read timeout, s), ``connect_timeout`` (s), ``max_retries``.
+    """
+    if not password:
+        raise ImageGenValidationError(f"connection {conn_id!r} API Key (password)", "", "a non-empty API key")
+    endpoint = str(extra.get("endpoint") or DEFAULT_ENDPOINT).strip()
+    if not endpoint.startswith("/"):
+        endpoint = "/" + endpoint
+    settings: dict[str, Any] = {}
+    for name, kind, minimum in (
+        ("timeout", float, 0.001),
+        ("connect_timeout", float, 0.001),
+        ("max_retries", int, 0),
+    ):
+        if extra.get(name) not in (None, ""):
+            settings[name] = _number(conn_id, name, extra[name], kind, minimum)
+    return ConnectionSettings(api_key=password, base_url=normalise_base_url(host), endpoint=endpoint, **settings)
+
+
+def parse_image_urls(response: httpx.Response) -> list[str]:
+    """The image URLs of a 2xx generation response, or a bad-response error saying what is wrong."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise ImageGenBadResponseError(
+            f"The image API answered HTTP {response.status_code} with a body that is not JSON "
+            f"({len(response.content)} bytes, content type {response.headers.get('content-type')!r})"
+        ) from None
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list):
+        shape = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise ImageGenBadResponseError(f"The image API answered without an 'images' list (got {shape})")
+    if not images:
+        raise ImageGenNoImagesError("The image API returned no images (an empty 'images' list)")
+    for position, url in enumerate(images):
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ImageGenBadResponseError(
+                f"The image API returned a non-URL at images[{position}]: {type(url).__name__}"
+            )
+    return list(images)
+
+
+def raise_for_status(response: httpx.Response, api_key: str) -> None:
+    """Raise the mapped exception for a non-2xx response (body already read)."""
+    if not response.is_success:
+        raise error_from_response(response, secret=api_key)
+
+
+def translate_transport_error(error: httpx.TransportError) -> ImageGenConnectionError:
+    """An httpx transport failure as one of ours (the URL carries no secret; the message is kept)."""
+    if isinstance(error, httpx.TimeoutException):
+        return ImageGenTimeoutError(f"Timed out talking to the image API: {type(error).__name__}: {error}")
+    return ImageGenConnectionError(f"Could not talk to the image API: {type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for retryable errors: honour Retry-After, else exponential with jitter, capped."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial: float = 0.5
+    maximum: float = 8.0
+    jitter: float = 0.25
+    max_retry_after: float = MAX_RETRY_AFTER
+
+    def wait(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``."""
+        if isinstance(error, ImageGenRateLimitError) and error.retry_after is not None:
+            return error.retry_after
+        backoff = min(self.maximum, self.initial * 2 ** (attempt - 1))
+        return backoff * (1 + random.uniform(0, self.jitter))
+
+    def should_retry(self, error: BaseException) -> bool:
+        """Only errors that can pass; a Retry-After beyond the cap is left to an Airflow retry."""
+        if not isinstance(error, ImageGenError) or not error.retryable:
+            return False
+        retry_after = getattr(error, "retry_after", None)
+        return retry_after is None or retry_after <= self.max_retry_after
+
+    def tenacity_kwargs(self, before_sleep: Callable[[tenacity.RetryCallState], None]) -> dict[str, Any]:
+        """Arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` implementing this policy."""
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.wait(state.attempt_number, error)
+
+        return {
+            "retry": tenacity.retry_if_exception(self.should_retry),
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "wait": wait,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+
+def prompt_digest(prompt: str) -> str:
+    """sha256 of a prompt: how logs, metadata and manifests refer to it without repeating it."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _is_internal_host(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_reserved
+
+
+def check_image_url(url: str, base_url: str) -> None:
+    """Refuse image URLs that could leak data or reach internal services.
+
+    Allowed: https URLs to public hosts, and any URL on the API base URL's own origin (that is
+    how a local emulator serves its images). Loopback, private and link-local hosts are refused
+    unless they are the API's own host.
+    """
+    target, base = urlsplit(url), urlsplit(base_url)
+    if (target.scheme, target.netloc) == (base.scheme, base.netloc):
+        return
+    if target.scheme != "https":
+        raise ImageGenDownloadError(f"Refusing image URL with scheme {target.scheme!r}: only https is allowed")
+    if _is_internal_host(target.hostname or ""):
+        raise ImageGenDownloadError(f"Refusing image URL on internal host {target.hostname!r}")
+
+
+class ImageStream:
+    """A streaming image download: checked status, a byte cap and a total deadline.
+
+    :param response: an httpx streaming response (not yet read).
+    :param max_bytes: the most bytes accepted.
+    :param deadline: seconds the whole body may take, not only one read.
+    """
+
+    def __init__(self, response: httpx.Response, *, max_bytes: int, deadline: float) -> None:
+        self.response = response
+        self.max_bytes = max_bytes
+        self._deadline_at = time.monotonic() + deadline
+        self.deadline = deadline
+        self.bytes_read = 0
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type the server declared, without parameters."""
+        return self.response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared length, if any."""
+        value = self.response.headers.get("content-length")
+        return int(value) if value and value.isdigit() else None
+
+    def iter_bytes(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the body in chunks, enforcing the cap and deadline; errors become download errors."""
+        declared = self.content_length
+        if declared is not None and declared > self.max_bytes:
+            raise ImageGenDownloadError(f"Image is {declared} bytes, above the cap of {self.max_bytes}")
+        try:
+            for chunk in self.response.iter_bytes(chunk_size):
+                self.bytes_read += len(chunk)
+                if self.bytes_read > self.max_bytes:
+                    raise ImageGenDownloadError(f"Image exceeds the cap of {self.max_bytes} bytes")
+                if time.monotonic() > self._deadline_at:
+                    raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
+                yield chunk
+        except httpx.HTTPError as error:
+            raise ImageGenDownloadError(
+                f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
+            ) from error
+        if declared is not None and self.bytes_read != declared:
+            raise ImageGenDownloadError(f"Image body cut short: {self.bytes_read} of {declared} bytes")

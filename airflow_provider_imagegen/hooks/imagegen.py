@@ -1,0 +1,342 @@
+"""ImageGenHook: an ``imagegen`` connection → a pooled HTTP client → typed calls of the image API."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import tenacity
+from airflow.sdk import BaseHook
+
+from airflow_provider_imagegen.exceptions import (
+    ImageGenAuthenticationError,
+    ImageGenBadRequestError,
+    ImageGenDownloadError,
+    ImageGenError,
+    ImageGenNotFoundError,
+)
+from airflow_provider_imagegen.hooks._client import (
+    DEFAULT_DOWNLOAD_DEADLINE,
+    DEFAULT_MAX_IMAGE_BYTES,
+    USER_AGENT,
+    ConnectionSettings,
+    ImageStream,
+    RetryPolicy,
+    check_image_url,
+    parse_image_urls,
+    raise_for_status,
+    settings_from_connection,
+    translate_transport_error,
+)
+from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow.sdk import Connection
+
+
+class ImageGenHook(BaseHook):
+    """Talk to the GPT Image 2 text-to-image API through an ``imagegen`` connection.
+
+    The connection holds the Base URL (host; default ``https://api.highwayapi.ai``), the API key
+    (password) and, in extra, ``endpoint``, ``timeout`` (read timeout in seconds), ``connect_timeout``
+    and ``max_retries``. The key is sent only to the generation endpoint, never to image URLs, and
+    is registered with Airflow's secrets masker when the connection is read.
+
+    :param imagegen_conn_id: the ``imagegen`` connection to use.
+    :param max_retries: overrides the connection's ``max_retries``.
+    :param timeout: overrides the connection's read ``timeout`` (seconds).
+    :param retry_policy: backoff settings (its ``max_retries`` is replaced by the connection's).
+    :param max_image_bytes: the most bytes accepted for one image download.
+    :param download_deadline: seconds one image download may take in all.
+    :param transport: an httpx transport for the sync client (tests: ``httpx.MockTransport``).
+    :param async_transport: the same for the async client.
+    """
+
+    conn_name_attr = "imagegen_conn_id"
+    default_conn_name = "imagegen_default"
+    conn_type = "imagegen"
+    hook_name = "GPT Image 2"
+
+    def __init__(
+        self,
+        imagegen_conn_id: str = default_conn_name,
+        *,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__()
+        self.imagegen_conn_id = imagegen_conn_id
+        self._max_retries = max_retries
+        self._timeout = timeout
+        self._retry_policy = retry_policy or RetryPolicy()
+        self.max_image_bytes = max_image_bytes
+        self.download_deadline = download_deadline
+        self._transport = transport
+        self._async_transport = async_transport
+        self._settings: ConnectionSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(imagegen_conn_id={self.imagegen_conn_id!r})"
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _settings_from(self, conn: Connection) -> ConnectionSettings:
+        settings = settings_from_connection(conn.conn_id, conn.host, conn.password, conn.extra_dejson)
+        overrides: dict[str, Any] = {}
+        if self._max_retries is not None:
+            overrides["max_retries"] = self._max_retries
+        if self._timeout is not None:
+            overrides["timeout"] = self._timeout
+        if overrides:
+            from dataclasses import replace
+
+            settings = replace(settings, **overrides)
+        self._mask(settings.api_key)
+        return settings
+
+    @staticmethod
+    def _mask(api_key: str) -> None:
+        try:
+            from airflow.sdk.log import mask_secret
+        except ImportError:  # pragma: no cover - older SDKs
+            return
+        mask_secret(api_key)
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """The connection's settings, read once (sync)."""
+        if self._settings is None:
+            self._settings = self._settings_from(self.get_connection(self.imagegen_conn_id))
+        return self._settings
+
+    async def asettings(self) -> ConnectionSettings:
+        """The connection's settings, read once with the async connection API (for triggers)."""
+        if self._settings is None:
+            conn = await self.aget_connection(self.imagegen_conn_id)
+            self._settings = self._settings_from(conn)
+        return self._settings
+
+    def get_conn(self) -> httpx.Client:
+        """The pooled HTTP client (one per hook)."""
+        return self.client
+
+    @cached_property
+    def client(self) -> httpx.Client:
+        """One pooled client per hook; the Bearer header is added per call, not here."""
+        return httpx.Client(
+            timeout=self.settings.httpx_timeout,
+            headers={"User-Agent": USER_AGENT},
+            transport=self._transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        """Close the pooled client, if one was opened."""
+        if "client" in self.__dict__:
+            self.client.close()
+            del self.__dict__["client"]
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy with the connection's retry budget."""
+        from dataclasses import replace
+
+        return replace(self._retry_policy, max_retries=self.settings.max_retries)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning(
+            "Image API call failed (%s); retrying in %.1f s (attempt %d of %d)",
+            error,
+            wait,
+            state.attempt_number + 1,
+            self.policy.max_retries + 1,
+        )
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate_images(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        size: str = "1024x1024",
+        quality: str = "medium",
+        background: str = "auto",
+        moderation: str = "auto",
+        output_format: str = "png",
+        output_compression: int | None = None,
+    ) -> ImageGenerationResult:
+        """Generate images; returns their (short-lived) URLs. Validates everything before any call.
+
+        Retries connect errors, timeouts, 408, 409, 429 and 5xx with backoff that honours
+        Retry-After; never retries 400, 401, 403, 404, 422 or content-policy rejections.
+
+        :param prompt: the text prompt, 0 to 32000 characters.
+        :param n: how many images, 1 to 10 (the API may return fewer).
+        :param size: one of :data:`~airflow_provider_imagegen.models.SIZES` or ``auto``.
+        :param quality: ``low``, ``medium`` or ``high``.
+        :param background: ``opaque`` or ``auto``.
+        :param moderation: ``low`` or ``auto``.
+        :param output_format: ``png`` or ``jpeg``.
+        :param output_compression: 0 to 100, only with jpeg (with png omit it or use 100).
+        """
+        request = ImageGenerationRequest(
+            prompt=prompt,
+            n=n,
+            size=size,
+            quality=quality,
+            background=background,
+            moderation=moderation,
+            output_format=output_format,
+            output_compression=output_compression,
+        )
+        return self.send(request)
+
+    def send(self, request: ImageGenerationRequest) -> ImageGenerationResult:
+        """Send an already validated request, with retries."""
+        settings, started = self.settings, time.monotonic()
+        retrying = tenacity.Retrying(**self.policy.tenacity_kwargs(self._log_retry))
+        urls, request_id = retrying(self._post_once, settings, request)
+        return ImageGenerationResult(
+            image_urls=urls,
+            request=request,
+            elapsed=time.monotonic() - started,
+            attempts=retrying.statistics.get("attempt_number", 1),
+            request_id=request_id,
+        )
+
+    def _post_once(self, settings: ConnectionSettings, request: ImageGenerationRequest) -> tuple[list[str], str | None]:
+        try:
+            response = self.client.post(settings.url, json=request.to_json(), headers=settings.headers())
+        except httpx.TransportError as error:
+            raise translate_transport_error(error) from None
+        raise_for_status(response, settings.api_key)
+        return parse_image_urls(response), response.headers.get("x-request-id")
+
+    async def agenerate_images(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        size: str = "1024x1024",
+        quality: str = "medium",
+        background: str = "auto",
+        moderation: str = "auto",
+        output_format: str = "png",
+        output_compression: int | None = None,
+    ) -> ImageGenerationResult:
+        """The async twin of :meth:`generate_images`, with the same contract (used by the trigger)."""
+        request = ImageGenerationRequest(
+            prompt=prompt,
+            n=n,
+            size=size,
+            quality=quality,
+            background=background,
+            moderation=moderation,
+            output_format=output_format,
+            output_compression=output_compression,
+        )
+        return await self.asend(request)
+
+    async def asend(self, request: ImageGenerationRequest) -> ImageGenerationResult:
+        """Send an already validated request from an event loop, with retries."""
+        settings, started = await self.asettings(), time.monotonic()
+        retrying = tenacity.AsyncRetrying(**self.policy.tenacity_kwargs(self._log_retry))
+        async with httpx.AsyncClient(
+            timeout=settings.httpx_timeout,
+            headers={"User-Agent": USER_AGENT},
+            transport=self._async_transport,
+            follow_redirects=False,
+        ) as client:
+
+            async def post_once() -> tuple[list[str], str | None]:
+                try:
+                    response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
+                except httpx.TransportError as error:
+                    raise translate_transport_error(error) from None
+                raise_for_status(response, settings.api_key)
+                return parse_image_urls(response), response.headers.get("x-request-id")
+
+            outcome: tuple[list[str], str | None] = await retrying(post_once)
+            urls, request_id = outcome
+        return ImageGenerationResult(
+            image_urls=urls,
+            request=request,
+            elapsed=time.monotonic() - started,
+            attempts=retrying.statistics.get("attempt_number", 1),
+            request_id=request_id,
+        )
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    @contextmanager
+    def open_image(self, url: str) -> Iterator[ImageStream]:
+        """Stream one image: ``with hook.open_image(url) as image: for chunk in image.iter_bytes(): ...``.
+
+        The URL is checked first (https, or the API's own origin; no internal hosts). No
+        Authorization header is sent; redirects are followed only to https URLs. A non-200
+        answer (an expired URL gives 403/404) raises :class:`ImageGenDownloadError`.
+        """
+        settings = self.settings
+        check_image_url(url, settings.base_url)
+        timeout = httpx.Timeout(min(settings.timeout, self.download_deadline), connect=settings.connect_timeout)
+        try:
+            with self.client.stream("GET", url, timeout=timeout) as response:
+                response = self._follow_https_redirects(response, settings.base_url)
+                if response.status_code != 200:
+                    raise ImageGenDownloadError(f"Image URL answered HTTP {response.status_code} (expired or refused)")
+                yield ImageStream(response, max_bytes=self.max_image_bytes, deadline=self.download_deadline)
+        except httpx.TransportError as error:
+            raise ImageGenDownloadError(f"Image download failed: {type(error).__name__}: {error}") from None
+
+    def _follow_https_redirects(self, response: httpx.Response, base_url: str) -> httpx.Response:
+        for _ in range(5):
+            if not response.is_redirect or response.next_request is None:
+                return response
+            target = str(response.next_request.url)
+            check_image_url(target, base_url)
+            if not target.startswith("https://"):
+                raise ImageGenDownloadError("Refusing a redirect of an image URL to a non-https URL")
+            response.close()
+            response = self.client.send(response.next_request, stream=True)
+        raise ImageGenDownloadError("Too many redirects for an image URL")
+
+    # -- UI ----------------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the Base URL, endpoint and API key without paying for an image.
+
+        It sends one deliberately invalid request (``n=0`` and an empty prompt), which the API
+        must reject before generating anything: a 400/422 answer means the endpoint was reached
+        and the key accepted; 401/403 means the key was refused; 404 means a wrong endpoint.
+        """
+        try:
+            settings = self.settings
+            with httpx.Client(
+                timeout=httpx.Timeout(30.0, connect=settings.connect_timeout),
+                headers={"User-Agent": USER_AGENT},
+                transport=self._transport,
+            ) as client:
+                response = client.post(settings.url, json={"prompt": "", "n": 0}, headers=settings.headers())
+            raise_for_status(response, settings.api_key)
+        except httpx.TransportError as error:
+            return False, str(translate_transport_error(error))
+        except (ImageGenAuthenticationError, ImageGenNotFoundError) as error:
+            return False, str(error)
+        except ImageGenBadRequestError:
+            return True, f"Connected to {settings.url}; the API key was accepted (no image was generated)."
+        except ImageGenError as error:
+            return False, str(error)
+        return False, f"{settings.url} accepted an invalid request; is this the GPT Image 2 endpoint?"

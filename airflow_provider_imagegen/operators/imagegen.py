@@ -1,0 +1,602 @@
+"""ImageGenToS3Operator: templated prompt(s) → GPT Image 2 → verified S3 objects → manifest → XCom."""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, ImageGenValidationError
+from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from airflow.sdk import Context
+
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+    from airflow_provider_imagegen.transfer import CopiedImage
+
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt of a task: its validated request and where its images go."""
+
+    prompt_index: int
+    request: ImageGenerationRequest
+    prefix: str
+
+
+class ImageGenToS3Operator(BaseOperator):
+    """Generate images from a templated prompt with GPT Image 2 and store them, verified, in S3.
+
+    Each image is streamed from its URL into ``s3://{s3_bucket}/{prefix}/{index:02d}.{png|jpg}``
+    while its sha256, size, format and pixel size are checked; ``{prefix}/manifest.json`` is
+    written last. Returns to XCom one small dict per image (``s3_uri``, ``bucket``, ``key``,
+    ``index``, ``prompt_index``, ``content_type``, ``size_bytes``, ``sha256``, ``width``, ``height``).
+    A new try of the same task instance whose manifest is complete makes no API call.
+
+    :param prompt: the text prompt, or the name of a ``.j2``/``.jinja2`` template file (templated).
+    :param prompts: several prompts, an alternative to ``prompt``; each gets ``{prefix}/{i:03d}/``
+        (templated).
+    :param s3_bucket: destination bucket (templated).
+    :param s3_key_prefix: destination prefix; default ``imagegen/{dag_id}/{run_id}/{task_id}``,
+        plus ``/{map_index}`` for mapped tasks (templated).
+    :param n: images per prompt, 1 to 10 (templated).
+    :param size: pixel size or ``auto`` (templated).
+    :param quality: ``low``, ``medium`` or ``high`` (templated).
+    :param background: ``opaque`` or ``auto`` (templated).
+    :param moderation: ``low`` or ``auto`` (templated).
+    :param output_format: ``png`` or ``jpeg`` (templated).
+    :param output_compression: 0 to 100, jpeg only (templated).
+    :param min_images: fewest images per prompt that count as success (the API may return fewer
+        than ``n``); fewer fails the task.
+    :param imagegen_conn_id: the ``imagegen`` connection.
+    :param aws_conn_id: the AWS connection for S3.
+    :param encrypt: server-side encryption with S3-managed keys (AES256).
+    :param kms_key_id: server-side encryption with this KMS key (templated).
+    :param acl_policy: a canned ACL for the objects, e.g. ``bucket-owner-full-control``.
+    :param s3_tags: object tags (templated).
+    :param s3_extra_args: further ``upload_fileobj`` ExtraArgs, e.g. ``StorageClass`` (templated).
+    :param max_concurrency: prompts generated at once (batch mode).
+    :param upload_concurrency: images of one prompt copied to S3 at once.
+    :param fail_fast: batch mode: stop at the first failed prompt; otherwise finish the others
+        and then fail, naming every failed prompt.
+    :param deferrable: wait for the API in the triggerer instead of holding a worker slot.
+    :param max_image_bytes: the most bytes accepted for one image.
+    """
+
+    template_fields: Sequence[str] = (
+        "prompt",
+        "prompts",
+        "s3_bucket",
+        "s3_key_prefix",
+        "n",
+        "size",
+        "quality",
+        "background",
+        "moderation",
+        "output_format",
+        "output_compression",
+        "kms_key_id",
+        "s3_tags",
+        "s3_extra_args",
+    )
+    template_ext: Sequence[str] = (".j2", ".jinja2")
+    template_fields_renderers = {"prompt": "md", "prompts": "json", "s3_tags": "json", "s3_extra_args": "json"}
+    ui_color = "#f4e8ff"
+
+    def __init__(
+        self,
+        *,
+        s3_bucket: str,
+        prompt: str | None = None,
+        prompts: list[str] | str | None = None,
+        s3_key_prefix: str | None = None,
+        n: int | str = 1,
+        size: str = "1024x1024",
+        quality: str = "medium",
+        background: str = "auto",
+        moderation: str = "auto",
+        output_format: str = "png",
+        output_compression: int | str | None = None,
+        min_images: int = 1,
+        imagegen_conn_id: str = "imagegen_default",
+        aws_conn_id: str | None = "aws_default",
+        encrypt: bool = False,
+        kms_key_id: str | None = None,
+        acl_policy: str | None = None,
+        s3_tags: dict[str, str] | None = None,
+        s3_extra_args: dict[str, Any] | None = None,
+        max_concurrency: int = 4,
+        upload_concurrency: int = 4,
+        fail_fast: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_image_bytes: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (prompt is None) == (prompts is None):
+            raise ValueError("ImageGenToS3Operator takes exactly one of `prompt` and `prompts`")
+        if max_concurrency < 1 or upload_concurrency < 1:
+            raise ValueError("max_concurrency and upload_concurrency must be at least 1")
+        self.prompt = prompt
+        self.prompts = prompts
+        self.s3_bucket = s3_bucket
+        self.s3_key_prefix = s3_key_prefix
+        self.n = n
+        self.size = size
+        self.quality = quality
+        self.background = background
+        self.moderation = moderation
+        self.output_format = output_format
+        self.output_compression = output_compression
+        self.min_images = min_images
+        self.imagegen_conn_id = imagegen_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.encrypt = encrypt
+        self.kms_key_id = kms_key_id
+        self.acl_policy = acl_policy
+        self.s3_tags = s3_tags
+        self.s3_extra_args = s3_extra_args
+        self.max_concurrency = max_concurrency
+        self.upload_concurrency = upload_concurrency
+        self.fail_fast = fail_fast
+        self.deferrable = deferrable
+        self.max_image_bytes = max_image_bytes
+
+    # -- hooks (built lazily: never at DAG parse time) ------------------------------------------
+
+    @cached_property
+    def hook(self) -> ImageGenHook:
+        """The image API hook."""
+        from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+
+        if self.max_image_bytes:
+            return ImageGenHook(self.imagegen_conn_id, max_image_bytes=self.max_image_bytes)
+        return ImageGenHook(self.imagegen_conn_id)
+
+    @cached_property
+    def s3_hook(self) -> Any:
+        """The amazon provider's S3Hook; multipart in 8 MiB parts, two at a time, to bound memory."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(
+            aws_conn_id=self.aws_conn_id,
+            transfer_config_args={
+                "multipart_threshold": 8 * _MB,
+                "multipart_chunksize": 8 * _MB,
+                "max_concurrency": 2,
+            },
+        )
+
+    @cached_property
+    def s3_client(self) -> Any:
+        """One boto3 client, shared by the copy threads (clients are thread-safe, sessions are not)."""
+        return self.s3_hook.get_conn()
+
+    # -- execute ----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        """Render → validate → generate (or reuse a verified earlier try) → copy → manifest → XCom."""
+        jobs = self.build_jobs(context)
+        if self.deferrable:
+            return self._defer_or_finish(context, jobs)
+        images = self._run_jobs(jobs, lambda job: self._produce(job, context))
+        return self._finish(context, images)
+
+    def build_jobs(self, context: Context) -> list[PromptJob]:
+        """Validate the rendered values (before any call) and lay out one job per prompt."""
+        from airflow_provider_imagegen.manifest import default_prefix
+
+        prompts = self._rendered_prompts()
+        params = {
+            "n": _as_int("n", self.n),
+            "size": self.size,
+            "quality": self.quality,
+            "background": self.background,
+            "moderation": self.moderation,
+            "output_format": self.output_format,
+            "output_compression": _as_int("output_compression", self.output_compression),
+        }
+        requests = [ImageGenerationRequest(prompt=prompt, **params) for prompt in prompts]
+        if not isinstance(self.s3_bucket, str) or not self.s3_bucket.strip():
+            raise ImageGenValidationError("s3_bucket", self.s3_bucket, "a bucket name")
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        if self.s3_key_prefix:
+            prefix = str(self.s3_key_prefix).strip("/")
+            if map_index is not None and map_index >= 0:
+                prefix = f"{prefix}/{map_index}"
+        else:
+            prefix = default_prefix(ti.dag_id, context["run_id"], ti.task_id, map_index)
+        if self.prompts is None:
+            return [PromptJob(0, requests[0], prefix)]
+        return [PromptJob(i, request, f"{prefix}/{i:03d}") for i, request in enumerate(requests)]
+
+    def _rendered_prompts(self) -> list[str]:
+        if self.prompts is None:
+            return [self.prompt]  # type: ignore[list-item]  # validated by ImageGenerationRequest
+        prompts = self.prompts
+        if isinstance(prompts, str):  # e.g. rendered from XCom as a JSON string
+            import json
+
+            try:
+                prompts = json.loads(prompts)
+            except ValueError:
+                raise ImageGenValidationError("prompts", prompts, "a list of prompt strings") from None
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise ImageGenValidationError("prompts", prompts, "a non-empty list of prompt strings")
+        return list(prompts)
+
+    def _run_jobs(self, jobs: list[PromptJob], work: Callable[[PromptJob], list[CopiedImage]]) -> list[CopiedImage]:
+        """Run ``work`` for every job with bounded concurrency; results in prompt order."""
+        if len(jobs) == 1:
+            return self._fail_clearly(jobs, {jobs[0].prompt_index: _capture(work, jobs[0])})
+        outcomes: dict[int, list[CopiedImage] | BaseException] = {}
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
+            futures: dict[Future[list[CopiedImage]], PromptJob] = {pool.submit(work, job): job for job in jobs}
+            _done, pending = wait(futures, return_when=FIRST_EXCEPTION if self.fail_fast else "ALL_COMPLETED")
+            for future in pending:
+                future.cancel()
+            for future in futures:
+                if future.cancelled():
+                    continue
+                job = futures[future]
+                error = future.exception()
+                outcomes[job.prompt_index] = error if error is not None else future.result()
+        return self._fail_clearly(jobs, outcomes)
+
+    def _fail_clearly(
+        self, jobs: list[PromptJob], outcomes: dict[int, list[CopiedImage] | BaseException]
+    ) -> list[CopiedImage]:
+        failures = {i: o for i, o in outcomes.items() if isinstance(o, BaseException)}
+        if not failures and len(outcomes) == len(jobs):
+            return [image for job in jobs for image in outcomes[job.prompt_index]]  # type: ignore[union-attr]
+        if len(jobs) == 1:
+            raise _for_airflow(failures[jobs[0].prompt_index])
+        lines = [f"prompt {i}: {type(e).__name__}: {e}" for i, e in sorted(failures.items())]
+        skipped = len(jobs) - len(outcomes)
+        summary = f"{len(failures)} of {len(jobs)} prompts failed" + (
+            f" ({skipped} not started: fail_fast)" if skipped else ""
+        )
+        self.log.error("%s:\n%s", summary, "\n".join(lines))
+        permanent = all(getattr(e, "permanent", False) for e in failures.values())
+        raise _for_airflow(ImageGenError(f"{summary}: " + "; ".join(lines)), permanent=permanent)
+
+    def _produce(self, job: PromptJob, context: Context) -> list[CopiedImage]:
+        """One prompt: reuse a verified earlier result, else copy recorded URLs, else generate."""
+        done = self._already_done(job)
+        if done is not None:
+            return done
+        pending = self._pending(job)
+        if pending is not None:
+            try:
+                return self._land(job, pending["image_urls"], context, pending)
+            except ImageGenDownloadError as error:
+                self.log.warning(
+                    "Prompt %d: recorded image URLs are no longer usable (%s); generating again",
+                    job.prompt_index,
+                    error,
+                )
+        result = self._generate(job)
+        return self._land_generated(job, result, context)
+
+    def _already_done(self, job: PromptJob) -> list[CopiedImage] | None:
+        from airflow_provider_imagegen.manifest import load_verified_images
+
+        images = load_verified_images(self.s3_client, self.s3_bucket, job.prefix)
+        if images is not None:
+            self.log.info(
+                "Prompt %d: s3://%s/%s already holds %d verified images from an earlier try; no API call",
+                job.prompt_index,
+                self.s3_bucket,
+                job.prefix,
+                len(images),
+            )
+        return images
+
+    def _pending(self, job: PromptJob) -> dict[str, Any] | None:
+        from airflow_provider_imagegen.manifest import load_pending
+
+        return load_pending(self.s3_client, self.s3_bucket, job.prefix)
+
+    def _generate(self, job: PromptJob) -> ImageGenerationResult:
+        from airflow_provider_imagegen.hooks._client import prompt_digest
+
+        request = job.request
+        self.log.info(
+            "Prompt %d: generating %d %s %s image(s), quality %s (prompt sha256 %s…, %r)",
+            job.prompt_index,
+            request.n,
+            request.size,
+            request.output_format,
+            request.quality,
+            prompt_digest(request.prompt)[:12],
+            _preview(request.prompt),
+        )
+        result = self.hook.send(request)
+        self.log.info(
+            "Prompt %d: the API returned %d of %d image(s) in %.1f s (%d attempt(s))",
+            job.prompt_index,
+            len(result.image_urls),
+            request.n,
+            result.elapsed,
+            result.attempts,
+        )
+        return result
+
+    def _land_generated(self, job: PromptJob, result: ImageGenerationResult, context: Context) -> list[CopiedImage]:
+        from airflow_provider_imagegen.manifest import save_pending_urls, utcnow_iso
+
+        self._check_count(job, len(result.image_urls))
+        info = {
+            "generated_at": utcnow_iso(),
+            "generation_seconds": round(result.elapsed, 3),
+            "request_id": result.request_id,
+        }
+        save_pending_urls(self.s3_client, self.s3_bucket, job.prefix, result.image_urls, self._upload_args, **info)
+        return self._land(job, result.image_urls, context, info)
+
+    def _check_count(self, job: PromptJob, received: int) -> None:
+        asked = job.request.n
+        if received < self.min_images:
+            raise ImageGenError(
+                f"Prompt {job.prompt_index}: the API returned {received} of {asked} image(s), "
+                f"fewer than min_images={self.min_images}"
+            )
+        if received < asked:
+            self.log.warning(
+                "Prompt %d: the API returned %d of %d image(s) (min_images=%d); continuing",
+                job.prompt_index,
+                received,
+                asked,
+                self.min_images,
+            )
+
+    def _land(self, job: PromptJob, urls: list[str], context: Context, info: dict[str, Any]) -> list[CopiedImage]:
+        """Copy every URL to S3 (bounded concurrency), then write the manifest: the commit point."""
+        import time
+
+        from airflow_provider_imagegen.hooks._client import prompt_digest
+        from airflow_provider_imagegen.manifest import build_manifest, image_key, write_manifest
+        from airflow_provider_imagegen.transfer import copy_image_to_s3
+
+        self._check_count(job, len(urls))
+        request, started = job.request, time.monotonic()
+        digest = prompt_digest(request.prompt)
+        metadata = {
+            **self._task_metadata(context),
+            "prompt-sha256": digest,
+            "size": request.size,
+            "quality": request.quality,
+        }
+
+        def copy(index: int) -> CopiedImage:
+            image = copy_image_to_s3(
+                self.hook,
+                self.s3_client,
+                urls[index],
+                request=request,
+                bucket=self.s3_bucket,
+                key=image_key(job.prefix, index, request.file_extension),
+                index=index,
+                prompt_index=job.prompt_index,
+                extra_args=self._upload_args,
+                metadata=metadata,
+                transfer_config=self.s3_hook.transfer_config,
+            )
+            self.log.info(
+                "Prompt %d: %d/%d uploaded %s, %.1f MB",
+                job.prompt_index,
+                index + 1,
+                len(urls),
+                image.s3_uri,
+                image.size_bytes / 1e6,
+            )
+            return image
+
+        with ThreadPoolExecutor(max_workers=min(self.upload_concurrency, len(urls))) as pool:
+            images = list(pool.map(copy, range(len(urls))))
+        manifest = build_manifest(
+            request=request,
+            images=images,
+            prompt_sha256=digest,
+            endpoint=self.hook.settings.url,
+            task=self._task_record(context, job),
+            generated_at=info.get("generated_at") or "",
+            generation_seconds=info.get("generation_seconds"),
+            request_id=info.get("request_id"),
+        )
+        write_manifest(self.s3_client, self.s3_bucket, job.prefix, manifest, self._upload_args)
+        total = sum(image.size_bytes for image in images)
+        self.log.info(
+            "Prompt %d: %d image(s), %.1f MB, copied and verified in %.1f s; manifest s3://%s/%s/manifest.json",
+            job.prompt_index,
+            len(images),
+            total / 1e6,
+            time.monotonic() - started,
+            self.s3_bucket,
+            job.prefix,
+        )
+        return images
+
+    @cached_property
+    def _upload_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = dict(self.s3_extra_args or {})
+        if self.kms_key_id:
+            args.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=self.kms_key_id)
+        elif self.encrypt:
+            args["ServerSideEncryption"] = "AES256"
+        if self.acl_policy:
+            args["ACL"] = self.acl_policy
+        if self.s3_tags:
+            from urllib.parse import urlencode
+
+            args["Tagging"] = urlencode(self.s3_tags)
+        return args
+
+    @staticmethod
+    def _task_metadata(context: Context) -> dict[str, str]:
+        from airflow_provider_imagegen.manifest import safe_segment
+
+        ti = context["ti"]
+        return {
+            "dag-id": safe_segment(ti.dag_id),
+            "run-id": safe_segment(context["run_id"]),
+            "task-id": safe_segment(ti.task_id),
+        }
+
+    @staticmethod
+    def _task_record(context: Context, job: PromptJob) -> dict[str, Any]:
+        ti = context["ti"]
+        return {
+            "dag_id": ti.dag_id,
+            "run_id": context["run_id"],
+            "task_id": ti.task_id,
+            "map_index": getattr(ti, "map_index", -1),
+            "try_number": getattr(ti, "try_number", None),
+            "prompt_index": job.prompt_index,
+        }
+
+    def _finish(self, context: Context, images: list[CopiedImage]) -> list[dict[str, Any]]:
+        """Asset events for AssetAlias outlets, then the XCom value."""
+        self._emit_asset_events(context, images)
+        self._stored_images = images
+        total = sum(image.size_bytes for image in images)
+        self.log.info("Stored %d image(s), %.1f MB in s3://%s", len(images), total / 1e6, self.s3_bucket)
+        return [image.to_dict() for image in images]
+
+    def _emit_asset_events(self, context: Context, images: list[CopiedImage]) -> None:
+        from airflow.sdk import Asset, AssetAlias
+
+        aliases = [outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)]
+        if not aliases:
+            return
+        from airflow_provider_imagegen.hooks._client import prompt_digest
+
+        digests = {job_prompt: prompt_digest(job_prompt) for job_prompt in self._rendered_prompts()}
+        prompts = list(digests)
+        for alias in aliases:
+            for image in images:
+                context["outlet_events"][alias].add(
+                    Asset(image.s3_uri),
+                    extra={
+                        "sha256": image.sha256,
+                        "size_bytes": image.size_bytes,
+                        "width": image.width,
+                        "height": image.height,
+                        "content_type": image.content_type,
+                        "prompt_sha256": digests[prompts[image.prompt_index]],
+                    },
+                )
+
+    # -- deferrable -------------------------------------------------------------------------------
+
+    def _defer_or_finish(self, context: Context, jobs: list[PromptJob]) -> list[dict[str, Any]]:
+        """Finish what an earlier try left; hand the generation of the rest to the triggerer."""
+        from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger
+
+        ready: dict[int, list[CopiedImage]] = {}
+        to_generate = []
+        for job in jobs:
+            images = self._already_done(job)
+            if images is None and (pending := self._pending(job)) is not None:
+                try:
+                    images = self._land(job, pending["image_urls"], context, pending)
+                except ImageGenDownloadError as error:
+                    self.log.warning("Prompt %d: recorded URLs unusable (%s)", job.prompt_index, error)
+            if images is None:
+                to_generate.append(job)
+            else:
+                ready[job.prompt_index] = images
+        if not to_generate:
+            return self._finish(context, [image for job in jobs for image in ready[job.prompt_index]])
+        self.defer(
+            trigger=ImageGenTrigger(
+                imagegen_conn_id=self.imagegen_conn_id,
+                requests={job.prompt_index: job.request.to_json() for job in to_generate},
+                max_concurrency=self.max_concurrency,
+            ),
+            method_name="execute_complete",
+            timeout=self.execution_timeout,
+        )
+        raise AssertionError("defer() raises")  # pragma: no cover
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Resume after the trigger: copy what it generated; rebuild its errors with their class."""
+        from airflow_provider_imagegen.triggers.imagegen import error_from_event
+
+        jobs = {job.prompt_index: job for job in self.build_jobs(context)}
+        results = {int(k): v for k, v in (event.get("results") or {}).items()}
+
+        def work(job: PromptJob) -> list[CopiedImage]:
+            outcome = results.get(job.prompt_index)
+            if outcome is None:  # done before deferring
+                images = self._already_done(job)
+                if images is None:
+                    raise ImageGenError(f"Prompt {job.prompt_index}: no result from the trigger")
+                return images
+            if outcome.get("status") != "success":
+                raise error_from_event(outcome)
+            result = ImageGenerationResult(
+                image_urls=list(outcome["image_urls"]),
+                request=job.request,
+                elapsed=float(outcome.get("elapsed", 0.0)),
+                attempts=int(outcome.get("attempts", 1)),
+                request_id=outcome.get("request_id"),
+            )
+            return self._land_generated(job, result, context)
+
+        images = self._run_jobs(list(jobs.values()), work)
+        return self._finish(context, images)
+
+    # -- lineage ----------------------------------------------------------------------------------
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the S3 objects written (the openlineage provider stays optional)."""
+        try:
+            from airflow.providers.common.compat.openlineage.facet import Dataset
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        images: list[CopiedImage] = getattr(self, "_stored_images", [])
+        outputs = [Dataset(namespace=f"s3://{image.bucket}", name=image.key) for image in images]
+        return OperatorLineage(outputs=outputs)
+
+
+def _as_int(name: str, value: Any) -> Any:
+    """Template rendering yields strings: ``"3"`` → 3; anything else is left for validation to judge."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return value
+
+
+def _preview(prompt: str, limit: int = 60) -> str:
+    flat = " ".join(prompt.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _capture(work: Callable[[PromptJob], list[CopiedImage]], job: PromptJob) -> list[CopiedImage] | BaseException:
+    try:
+        return work(job)
+    except Exception as error:
+        return error
+
+
+def _for_airflow(error: BaseException, *, permanent: bool | None = None) -> BaseException:
+    """Permanent errors (auth, validation, content policy...) fail the task without Airflow retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if permanent is None:
+        permanent = bool(getattr(error, "permanent", False))
+    if permanent and not isinstance(error, AirflowFailException):
+        failure = AirflowFailException(f"{type(error).__name__}: {error} (not retried: retrying cannot help)")
+        failure.__cause__ = error
+        return failure
+    return error

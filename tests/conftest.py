@@ -1,0 +1,81 @@
+"""Shared fixtures: an isolated Airflow home, the API emulator and a moto S3 server on loopback."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+# Airflow reads its configuration at import time: isolate it before anything imports airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="imagegen-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
+for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
+
+import pytest  # noqa: E402
+
+from airflow_provider_imagegen.emulator import Emulator  # noqa: E402
+from airflow_provider_imagegen.testing import LocalS3, local_s3  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    """The temporary AIRFLOW_HOME of this test session."""
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def _emulator_server():
+    with Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(_emulator_server):
+    """The session's emulator, with default knobs and empty records for each test."""
+    from airflow_provider_imagegen.emulator import EmulatorConfig
+
+    defaults = EmulatorConfig()
+    _emulator_server.configure(**{k: getattr(defaults, k) for k in vars(defaults) if k != "api_key"})
+    _emulator_server.reset()
+    yield _emulator_server
+    _emulator_server.reset()
+
+
+@pytest.fixture
+def imagegen_conn(emulator, monkeypatch) -> str:
+    """``imagegen_default`` pointing at the emulator; returns the conn id."""
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGEGEN_DEFAULT", emulator.connection_json())
+    return "imagegen_default"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    with local_s3() as s3:
+        yield s3
+
+
+@pytest.fixture
+def aws_conn(s3_server: LocalS3, monkeypatch) -> str:
+    """``aws_default`` pointing at the moto server; returns the conn id."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", s3_server.connection_json())
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", s3_server.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", s3_server.secret_access_key),
+        ("AWS_DEFAULT_REGION", s3_server.region_name),
+    ):
+        monkeypatch.setenv(name, value)
+    return "aws_default"
+
+
+@pytest.fixture
+def s3_bucket(s3_server: LocalS3, aws_conn) -> str:
+    """A fresh, empty bucket on the moto server."""
+    name = f"imagegen-test-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
