@@ -9,7 +9,12 @@ RUN := $(UV) run --frozen --no-sync
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lint typecheck unit test demo bench clean
+# The oldest Airflow we support, tested by `make test-min` (CI runs it after `make test`).
+MIN_AIRFLOW := 3.2.0
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+
+.PHONY: install lint typecheck unit test test-min demo bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -21,8 +26,15 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 
 install: $(STAMP)
 
+$(MIN_STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
+	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet -o $(MIN_VENV)/dev-requirements.txt
+	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
+		-r $(MIN_VENV)/dev-requirements.txt
+	touch $(MIN_STAMP)
+
 lint: install
-	$(RUN) ruff check airflow_provider_imagegen dags tests bench
+	$(RUN) ruff check airflow_provider_imagegen dags tests bench demo
 
 typecheck: install
 	$(RUN) mypy
@@ -32,6 +44,11 @@ unit: install
 
 test: lint typecheck unit
 
+# The same tests against the oldest supported Airflow (not locked: resolved against MIN_AIRFLOW).
+test-min: $(MIN_STAMP)
+	$(MIN_VENV)/bin/python -c "import airflow; assert airflow.__version__ == '$(MIN_AIRFLOW)', airflow.__version__"
+	$(MIN_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
 demo: install
 	$(RUN) python -m demo
 
@@ -39,4 +56,4 @@ bench: install
 	$(RUN) python -m bench
 
 clean:
-	rm -rf $(VENV) $(TOOLS) demo-output .airflow-demo bench/results
+	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) demo-output .airflow-demo bench/results
