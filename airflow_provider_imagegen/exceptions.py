@@ -70,6 +70,17 @@ class ImageGenError(AirflowException):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than ``args``: rebuild from the message and
+        # restore the attributes, so that every error survives pickling (multiprocessing, executors).
+        return _rebuild, (type(self), self.message), self.__dict__
+
+
+def _rebuild(cls: type[ImageGenError], message: str) -> ImageGenError:
+    error = cls.__new__(cls)
+    ImageGenError.__init__(error, message)
+    return error
+
 
 class ImageGenValidationError(ImageGenError, ValueError):
     """A request parameter is outside the API contract; raised before any network call."""
@@ -228,6 +239,8 @@ def error_from_response(response: httpx.Response, *, secret: str | None = None) 
     message, code, param = _error_details(response)
     if secret:
         message = message.replace(secret, "***")
+        code = code.replace(secret, "***") if code else code
+        param = param.replace(secret, "***") if param else param
     message = " ".join(message.split())[:_MAX_MESSAGE_CHARS]
     status = response.status_code
     request_id = next((response.headers[h] for h in _REQUEST_ID_HEADERS if h in response.headers), None)

@@ -102,6 +102,11 @@ class VerifyingReader:
         """Hex digest of every byte read so far."""
         return self._digest.hexdigest()
 
+    @property
+    def finished(self) -> bool:
+        """Whether the whole body was read and passed every check."""
+        return self._exhausted and self.dimensions is not None
+
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all if negative); b"" at the end, after the final checks."""
         while not self._exhausted and (size < 0 or len(self._buffer) < size):
@@ -159,27 +164,59 @@ def check_content_type(declared: str, expected: str) -> None:
         raise ImageGenImageVerificationError(f"Image URL served Content-Type {declared!r}, expected {expected!r}")
 
 
-def _s3_error(error: Exception, bucket: str, key: str) -> ImageGenStorageError:
+def storage_error(error: BaseException, bucket: str, key: str, *, action: str = "upload to") -> ImageGenStorageError:
+    """An S3 failure as :class:`ImageGenStorageError`, permanent when retrying cannot help.
+
+    :param error: what boto3 raised.
+    :param bucket: the bucket.
+    :param key: the object key.
+    :param action: what was being done, for the message (``upload to``, ``read of``...).
+    """
     code = ""
     response = getattr(error, "response", None) or getattr(getattr(error, "last_exception", None), "response", None)
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
-    permanent = code in _PERMANENT_S3_CODES or code in ("403", "404")
+    permanent = code in _PERMANENT_S3_CODES or code == "403"
     hint = " (check the bucket name and the AWS connection's permissions)" if permanent else ""
     return ImageGenStorageError(
-        f"S3 upload to s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}{hint}",
+        f"S3 {action} s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}{hint}",
         permanent=permanent,
     )
 
 
+def full_object_sha256(head: dict[str, Any]) -> str | None:
+    """The object's SHA-256 (hex) from a ``HeadObject`` answer, when S3 kept one of the whole object.
+
+    A multipart upload's checksum is usually a checksum of the parts' checksums (``COMPOSITE``;
+    real S3 adds ``-<parts>``, moto does not), which says nothing comparable: None then.
+
+    :param head: the ``head_object(..., ChecksumMode="ENABLED")`` response.
+    """
+    stored = head.get("ChecksumSHA256")
+    if not stored or "-" in stored:
+        return None
+    checksum_type = head.get("ChecksumType")
+    multipart = "-" in str(head.get("ETag", ""))
+    if checksum_type == "COMPOSITE" or (checksum_type is None and multipart):
+        return None
+    return base64.b64decode(stored).hex()
+
+
 def verify_stored_object(s3_client: Any, bucket: str, key: str, size: int, sha256_hex: str) -> None:
-    """HEAD the object and compare its size (and SHA-256 checksum, when S3 has a whole-object one)."""
+    """HEAD the object and compare its size (and SHA-256 checksum, when S3 has a whole-object one).
+
+    :param s3_client: a boto3 S3 client.
+    :param bucket: the bucket.
+    :param key: the key just written.
+    :param size: the bytes streamed.
+    :param sha256_hex: their sha256.
+    """
     head = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     problems = []
     if head.get("ContentLength") != size:
         problems.append(f"size {head.get('ContentLength')} != {size}")
-    stored = head.get("ChecksumSHA256")
-    if stored and "-" not in stored and base64.b64decode(stored).hex() != sha256_hex:
+    stored = full_object_sha256(head)
+    if stored is not None and stored != sha256_hex:
         problems.append("sha256 mismatch")
     if problems:
         s3_client.delete_object(Bucket=bucket, Key=key)
@@ -200,11 +237,24 @@ def copy_image_to_s3(
     metadata: dict[str, str] | None = None,
     transfer_config: Any = None,
 ) -> CopiedImage:
-    """Stream ``url`` into ``s3://bucket/key``, verified; raise (leaving no object) if anything is off."""
+    """Stream ``url`` into ``s3://bucket/key``, verified; raise (leaving no object) if anything is off.
+
+    :param hook: the image API hook (downloads carry no API key).
+    :param s3_client: a boto3 S3 client.
+    :param url: the image URL the API returned.
+    :param request: the request the image answers (format, pixel size, content type).
+    :param bucket: destination bucket.
+    :param key: destination key.
+    :param index: the image's index within its prompt.
+    :param prompt_index: the prompt's index (batch mode).
+    :param extra_args: further ``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
+    :param metadata: object metadata (ASCII values).
+    :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size).
+    """
     upload_args = {
         **(extra_args or {}),
         "ContentType": request.content_type,
-        "Metadata": {**(metadata or {}), "image-index": str(index)},
+        "Metadata": {**(extra_args or {}).get("Metadata", {}), **(metadata or {}), "image-index": str(index)},
         "ChecksumAlgorithm": "SHA256",
     }
     with hook.open_image(url) as image:
@@ -215,14 +265,16 @@ def copy_image_to_s3(
         except ImageGenError:
             raise
         except Exception as error:
-            raise _s3_error(error, bucket, key) from error
-    assert reader.dimensions is not None  # the reader raises before EOF otherwise
+            raise storage_error(error, bucket, key) from error
     try:
+        if not reader.finished or reader.dimensions is None:  # boto3 stopped reading early
+            s3_client.delete_object(Bucket=bucket, Key=key)
+            raise ImageGenStorageError(f"s3://{bucket}/{key}: the upload ended before the image did; deleted")
         verify_stored_object(s3_client, bucket, key, reader.size, reader.sha256)
     except ImageGenError:
         raise
     except Exception as error:
-        raise _s3_error(error, bucket, key) from error
+        raise storage_error(error, bucket, key) from error
     width, height = reader.dimensions
     return CopiedImage(
         index=index,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ DEFAULT_ENDPOINT = "/v3/gpt-image-2-text-to-image"
 DEFAULT_TIMEOUT = 600.0  # a high-quality 4K image can take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 3
+MAX_RETRIES_LIMIT = 20  # the connection form's maximum
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # far above any 4K PNG
 DEFAULT_DOWNLOAD_DEADLINE = 300.0
 MAX_RETRY_AFTER = 120.0  # a longer wait is better spent by an Airflow retry than a blocked worker
@@ -74,26 +77,45 @@ class ConnectionSettings:
         }
 
 
-def _number(conn_id: str, name: str, value: Any, kind: type[int] | type[float], minimum: float) -> Any:
+def _number(
+    conn_id: str, name: str, value: Any, kind: type[int] | type[float], minimum: float, maximum: float
+) -> int | float:
+    # URI-form connections turn extras into strings: "30" and "2" are fine; "nan", "inf", "2.5"
+    # retries, booleans and out-of-range values are not (a NaN timeout would disable the timeout).
     try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if (
+        isinstance(value, bool)
+        or not math.isfinite(number)
+        or not minimum <= number <= maximum
+        or (kind is int and not number.is_integer())
+    ):
+        what = "an integer" if kind is int else "a number"
         raise ImageGenValidationError(
-            f"connection {conn_id!r} extra {name}", value, f"a number >= {minimum:g}"
-        ) from None
-    return number
+            f"connection {conn_id!r} extra {name}", value, f"{what} from {minimum:g} to {maximum:g}"
+        )
+    return int(number) if kind is int else number
 
 
-def normalise_base_url(host: str | None) -> str:
-    """``api.example.com`` → ``https://api.example.com``; empty → the public API; no trailing slash."""
+def normalise_base_url(host: str | None, port: int | None = None) -> str:
+    """``api.example.com`` → ``https://api.example.com``; empty → the public API; no trailing slash.
+
+    ``port`` (the connection's port field, set by URI-form connections such as
+    ``imagegen://:key@localhost:8080``) is added when the host does not carry a port itself.
+    """
     host = (host or "").strip()
     if not host:
         return DEFAULT_BASE_URL
     if "://" not in host:
         host = "https://" + host
-    return host.rstrip("/")
+    host = host.rstrip("/")
+    if port:
+        parts = urlsplit(host)
+        if parts.port is None:
+            host = parts._replace(netloc=f"{parts.netloc}:{int(port)}").geturl()
+    return host
 
 
 def settings_from_connection(
@@ -101,6 +123,7 @@ def settings_from_connection(
     host: str | None,
     password: str | None,
     extra: Mapping[str, Any],
+    port: int | None = None,
 ) -> ConnectionSettings:
     """Turn an ``imagegen`` connection's fields into settings, checking each one.
 
@@ -108,6 +131,7 @@ def settings_from_connection(
     :param host: the Base URL (scheme optional, default the public API).
     :param password: the API key (required).
     :param extra: ``endpoint``, ``timeout`` (read timeout, s), ``connect_timeout`` (s), ``max_retries``.
+    :param port: the connection's port, if any (only URI-form connections set it).
     """
     if not password:
         raise ImageGenValidationError(f"connection {conn_id!r} API Key (password)", "", "a non-empty API key")
@@ -115,14 +139,16 @@ def settings_from_connection(
     if not endpoint.startswith("/"):
         endpoint = "/" + endpoint
     settings: dict[str, Any] = {}
-    for name, kind, minimum in (
-        ("timeout", float, 0.001),
-        ("connect_timeout", float, 0.001),
-        ("max_retries", int, 0),
+    for name, kind, minimum, maximum in (
+        ("timeout", float, 0.001, 86_400),
+        ("connect_timeout", float, 0.001, 3_600),
+        ("max_retries", int, 0, MAX_RETRIES_LIMIT),
     ):
         if extra.get(name) not in (None, ""):
-            settings[name] = _number(conn_id, name, extra[name], kind, minimum)
-    return ConnectionSettings(api_key=password, base_url=normalise_base_url(host), endpoint=endpoint, **settings)
+            settings[name] = _number(conn_id, name, extra[name], kind, minimum, maximum)
+    return ConnectionSettings(
+        api_key=password, base_url=normalise_base_url(host, port), endpoint=endpoint, **settings
+    )
 
 
 def parse_image_urls(response: httpx.Response) -> list[str]:
@@ -139,7 +165,7 @@ def parse_image_urls(response: httpx.Response) -> list[str]:
         shape = sorted(body) if isinstance(body, dict) else type(body).__name__
         raise ImageGenBadResponseError(f"The image API answered without an 'images' list (got {shape})")
     if not images:
-        raise ImageGenNoImagesError("The image API returned no images (an empty 'images' list)")
+        raise ImageGenNoImagesError("No images returned by the image API (an empty 'images' list)")
     for position, url in enumerate(images):
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise ImageGenBadResponseError(
@@ -154,11 +180,14 @@ def raise_for_status(response: httpx.Response, api_key: str) -> None:
         raise error_from_response(response, secret=api_key)
 
 
-def translate_transport_error(error: httpx.TransportError) -> ImageGenConnectionError:
-    """An httpx transport failure as one of ours (the URL carries no secret; the message is kept)."""
+def translate_transport_error(error: httpx.TransportError, *, secret: str | None = None) -> ImageGenConnectionError:
+    """An httpx transport failure as one of ours; ``secret`` is scrubbed should a transport echo it."""
+    detail = f"{type(error).__name__}: {error}"
+    if secret:
+        detail = detail.replace(secret, "***")
     if isinstance(error, httpx.TimeoutException):
-        return ImageGenTimeoutError(f"Timed out talking to the image API: {type(error).__name__}: {error}")
-    return ImageGenConnectionError(f"Could not talk to the image API: {type(error).__name__}: {error}")
+        return ImageGenTimeoutError(f"Timed out talking to the image API: {detail}")
+    return ImageGenConnectionError(f"Could not talk to the image API: {detail}")
 
 
 @dataclass(frozen=True)
@@ -207,13 +236,22 @@ def prompt_digest(prompt: str) -> str:
 
 
 def _is_internal_host(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+    host = host.strip("[]").rstrip(".").lower()
+    if not host or host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
         return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return address.is_loopback or address.is_private or address.is_link_local or address.is_reserved
+        # The system resolver also takes the legacy forms "127.1", "2130706433", "0x7f.0.0.1".
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False  # a DNS name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    # not global: loopback, private, link-local (cloud metadata), shared (100.64/10), reserved...
+    return not address.is_global or address.is_multicast
 
 
 def check_image_url(url: str, base_url: str) -> None:
@@ -275,5 +313,9 @@ class ImageStream:
             raise ImageGenDownloadError(
                 f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
             ) from error
-        if declared is not None and self.bytes_read != declared:
-            raise ImageGenDownloadError(f"Image body cut short: {self.bytes_read} of {declared} bytes")
+        # Content-Length counts the bytes on the wire, which differ from the decoded ones when the
+        # server compressed the body (Content-Encoding: gzip): compare like with like.
+        encoding = self.response.headers.get("content-encoding", "").strip().lower()
+        received = self.response.num_bytes_downloaded if encoding not in ("", "identity") else self.bytes_read
+        if declared is not None and received != declared:
+            raise ImageGenDownloadError(f"Image body cut short: {received} of {declared} bytes")

@@ -91,7 +91,7 @@ class ImageGenHook(BaseHook):
     # -- connection --------------------------------------------------------------------------
 
     def _settings_from(self, conn: Connection) -> ConnectionSettings:
-        settings = settings_from_connection(conn.conn_id, conn.host, conn.password, conn.extra_dejson)
+        settings = settings_from_connection(conn.conn_id, conn.host, conn.password, conn.extra_dejson, conn.port)
         overrides: dict[str, Any] = {}
         if self._max_retries is not None:
             overrides["max_retries"] = self._max_retries
@@ -221,7 +221,7 @@ class ImageGenHook(BaseHook):
         try:
             response = self.client.post(settings.url, json=request.to_json(), headers=settings.headers())
         except httpx.TransportError as error:
-            raise translate_transport_error(error) from None
+            raise translate_transport_error(error, secret=settings.api_key) from None
         raise_for_status(response, settings.api_key)
         return parse_image_urls(response), response.headers.get("x-request-id")
 
@@ -265,7 +265,7 @@ class ImageGenHook(BaseHook):
                 try:
                     response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
                 except httpx.TransportError as error:
-                    raise translate_transport_error(error) from None
+                    raise translate_transport_error(error, secret=settings.api_key) from None
                 raise_for_status(response, settings.api_key)
                 return parse_image_urls(response), response.headers.get("x-request-id")
 
@@ -293,24 +293,36 @@ class ImageGenHook(BaseHook):
         check_image_url(url, settings.base_url)
         timeout = httpx.Timeout(min(settings.timeout, self.download_deadline), connect=settings.connect_timeout)
         try:
-            with self.client.stream("GET", url, timeout=timeout) as response:
-                response = self._follow_https_redirects(response, settings.base_url)
-                if response.status_code != 200:
-                    raise ImageGenDownloadError(f"Image URL answered HTTP {response.status_code} (expired or refused)")
-                yield ImageStream(response, max_bytes=self.max_image_bytes, deadline=self.download_deadline)
+            with self.client.stream("GET", url, timeout=timeout) as first:
+                response = self._follow_https_redirects(first, settings.base_url)
+                try:
+                    if response.status_code != 200:
+                        raise ImageGenDownloadError(
+                            f"Image URL answered HTTP {response.status_code} (expired or refused)"
+                        )
+                    yield ImageStream(response, max_bytes=self.max_image_bytes, deadline=self.download_deadline)
+                finally:
+                    response.close()  # the response after redirects is not the one `stream` closes
         except httpx.TransportError as error:
             raise ImageGenDownloadError(f"Image download failed: {type(error).__name__}: {error}") from None
 
     def _follow_https_redirects(self, response: httpx.Response, base_url: str) -> httpx.Response:
+        """The final response after at most 5 redirects, each to a checked https URL.
+
+        Every intermediate response is closed, also when a redirect is refused.
+        """
         for _ in range(5):
             if not response.is_redirect or response.next_request is None:
                 return response
-            target = str(response.next_request.url)
-            check_image_url(target, base_url)
-            if not target.startswith("https://"):
-                raise ImageGenDownloadError("Refusing a redirect of an image URL to a non-https URL")
-            response.close()
+            try:
+                target = str(response.next_request.url)
+                check_image_url(target, base_url)
+                if not target.startswith("https://"):
+                    raise ImageGenDownloadError("Refusing a redirect of an image URL to a non-https URL")
+            finally:
+                response.close()
             response = self.client.send(response.next_request, stream=True)
+        response.close()
         raise ImageGenDownloadError("Too many redirects for an image URL")
 
     # -- UI ----------------------------------------------------------------------------------
@@ -332,7 +344,7 @@ class ImageGenHook(BaseHook):
                 response = client.post(settings.url, json={"prompt": "", "n": 0}, headers=settings.headers())
             raise_for_status(response, settings.api_key)
         except httpx.TransportError as error:
-            return False, str(translate_transport_error(error))
+            return False, str(translate_transport_error(error, secret=settings.api_key))
         except (ImageGenAuthenticationError, ImageGenNotFoundError) as error:
             return False, str(error)
         except ImageGenBadRequestError:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, ImageGenValidationError
+from airflow_provider_imagegen.exceptions import (
+    ImageGenDownloadError,
+    ImageGenError,
+    ImageGenStorageError,
+    ImageGenValidationError,
+)
 from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
 
 if TYPE_CHECKING:
@@ -39,7 +44,14 @@ class ImageGenToS3Operator(BaseOperator):
     while its sha256, size, format and pixel size are checked; ``{prefix}/manifest.json`` is
     written last. Returns to XCom one small dict per image (``s3_uri``, ``bucket``, ``key``,
     ``index``, ``prompt_index``, ``content_type``, ``size_bytes``, ``sha256``, ``width``, ``height``).
-    A new try of the same task instance whose manifest is complete makes no API call.
+
+    Retries cost nothing twice: a new try of the same task instance whose manifest matches the
+    request and whose objects still verify makes no API call and returns the same XCom; a try
+    that failed after generating left the image URLs in ``{prefix}/_pending.json``, which the
+    next try copies before paying for new images. A failed copy deletes the objects it stored, a
+    stale manifest is removed before its objects are replaced, and a missing bucket fails the
+    task before anything is generated. Permanent errors (validation, auth, content policy, a
+    missing bucket) raise ``AirflowFailException`` so that Airflow does not retry them.
 
     :param prompt: the text prompt, or the name of a ``.j2``/``.jinja2`` template file (templated).
     :param prompts: several prompts, an alternative to ``prompt``; each gets ``{prefix}/{i:03d}/``
@@ -184,16 +196,24 @@ class ImageGenToS3Operator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Render → validate → generate (or reuse a verified earlier try) → copy → manifest → XCom."""
-        jobs = self.build_jobs(context)
-        if self.deferrable:
-            return self._defer_or_finish(context, jobs)
-        images = self._run_jobs(jobs, lambda job: self._produce(job, context))
-        return self._finish(context, images)
+        try:
+            jobs = self.build_jobs(context)
+            self._prepare()
+        except ImageGenError as error:
+            _reraise_for_airflow(error)
+        try:
+            if self.deferrable:
+                return self._defer_or_finish(context, jobs)
+            images = self._run_jobs(jobs, lambda job: self._produce(job, context))
+            return self._finish(context, jobs, images)
+        finally:
+            self._close()
 
     def build_jobs(self, context: Context) -> list[PromptJob]:
-        """Validate the rendered values (before any call) and lay out one job per prompt."""
-        from airflow_provider_imagegen.manifest import default_prefix
+        """Validate the rendered values (before any call) and lay out one job per prompt.
 
+        :param context: the task's context (``ti`` and ``run_id`` give the default prefix).
+        """
         prompts = self._rendered_prompts()
         params = {
             "n": _as_int("n", self.n),
@@ -205,34 +225,78 @@ class ImageGenToS3Operator(BaseOperator):
             "output_compression": _as_int("output_compression", self.output_compression),
         }
         requests = [ImageGenerationRequest(prompt=prompt, **params) for prompt in prompts]
-        if not isinstance(self.s3_bucket, str) or not self.s3_bucket.strip():
-            raise ImageGenValidationError("s3_bucket", self.s3_bucket, "a bucket name")
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        if self.s3_key_prefix:
-            prefix = str(self.s3_key_prefix).strip("/")
-            if map_index is not None and map_index >= 0:
-                prefix = f"{prefix}/{map_index}"
-        else:
-            prefix = default_prefix(ti.dag_id, context["run_id"], ti.task_id, map_index)
+        self._check_min_images(requests[0].n)
+        self._check_bucket_name()
+        prefix = self._prefix(context)
         if self.prompts is None:
             return [PromptJob(0, requests[0], prefix)]
         return [PromptJob(i, request, f"{prefix}/{i:03d}") for i, request in enumerate(requests)]
 
+    def _check_min_images(self, n: int) -> None:
+        min_images = self.min_images
+        if isinstance(min_images, bool) or not isinstance(min_images, int) or not 1 <= min_images <= n:
+            raise ImageGenValidationError("min_images", min_images, f"an integer from 1 to n ({n})")
+
+    def _check_bucket_name(self) -> None:
+        bucket = self.s3_bucket
+        if not isinstance(bucket, str) or not bucket.strip() or bucket != bucket.strip():
+            raise ImageGenValidationError("s3_bucket", bucket, "a bucket name")
+        if "/" in bucket or bucket.startswith("s3:"):
+            raise ImageGenValidationError(
+                "s3_bucket", bucket, "a bare bucket name (no s3:// and no key; use s3_key_prefix for the key)"
+            )
+
+    def _prefix(self, context: Context) -> str:
+        """The user's prefix (slashes trimmed) or the default one; ``/{map_index}`` for mapped tasks."""
+        from airflow_provider_imagegen.manifest import default_prefix
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        if map_index is None:
+            map_index = -1
+        if self.s3_key_prefix is not None and not isinstance(self.s3_key_prefix, str):
+            raise ImageGenValidationError("s3_key_prefix", self.s3_key_prefix, "a string")
+        prefix = (self.s3_key_prefix or "").strip().strip("/")
+        if not prefix:
+            return default_prefix(ti.dag_id, context["run_id"], ti.task_id, map_index)
+        return f"{prefix}/{map_index}" if map_index >= 0 else prefix
+
     def _rendered_prompts(self) -> list[str]:
         if self.prompts is None:
             return [self.prompt]  # type: ignore[list-item]  # validated by ImageGenerationRequest
-        prompts = self.prompts
-        if isinstance(prompts, str):  # e.g. rendered from XCom as a JSON string
-            import json
-
-            try:
-                prompts = json.loads(prompts)
-            except ValueError:
-                raise ImageGenValidationError("prompts", prompts, "a list of prompt strings") from None
+        prompts: Any = self.prompts
+        if isinstance(prompts, str):  # e.g. a list rendered by Jinja as a string
+            prompts = _parse_list(prompts)
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise ImageGenValidationError("prompts", prompts, "a non-empty list of prompt strings")
         return list(prompts)
+
+    def _prepare(self) -> None:
+        """Build the clients in this thread (not racing in the copy threads); check the bucket first.
+
+        A missing bucket fails the task before any image is generated (and paid for).
+        """
+        _ = self.hook, self._upload_args
+        client = self.s3_client
+        try:
+            client.head_bucket(Bucket=self.s3_bucket)
+        except Exception as error:
+            code = _s3_code(error)
+            if code in ("404", "NoSuchBucket"):
+                raise ImageGenStorageError(
+                    f"S3 bucket {self.s3_bucket!r} does not exist (aws_conn_id={self.aws_conn_id!r})",
+                    permanent=True,
+                ) from error
+            if code in ("403", "AccessDenied"):  # HeadBucket needs s3:ListBucket; uploads may still work
+                self.log.warning("Cannot check S3 bucket %r (access denied); trying anyway", self.s3_bucket)
+                return
+            from airflow_provider_imagegen.transfer import storage_error
+
+            raise storage_error(error, self.s3_bucket, "", action="check of bucket") from error
+
+    def _close(self) -> None:
+        if "hook" in self.__dict__:
+            self.hook.close()
 
     def _run_jobs(self, jobs: list[PromptJob], work: Callable[[PromptJob], list[CopiedImage]]) -> list[CopiedImage]:
         """Run ``work`` for every job with bounded concurrency; results in prompt order."""
@@ -241,13 +305,12 @@ class ImageGenToS3Operator(BaseOperator):
         outcomes: dict[int, list[CopiedImage] | BaseException] = {}
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
             futures: dict[Future[list[CopiedImage]], PromptJob] = {pool.submit(work, job): job for job in jobs}
-            _done, pending = wait(futures, return_when=FIRST_EXCEPTION if self.fail_fast else "ALL_COMPLETED")
+            _done, pending = wait(futures, return_when=FIRST_EXCEPTION if self.fail_fast else ALL_COMPLETED)
             for future in pending:
                 future.cancel()
-            for future in futures:
+            for future, job in futures.items():
                 if future.cancelled():
                     continue
-                job = futures[future]
                 error = future.exception()
                 outcomes[job.prompt_index] = error if error is not None else future.result()
         return self._fail_clearly(jobs, outcomes)
@@ -271,40 +334,67 @@ class ImageGenToS3Operator(BaseOperator):
 
     def _produce(self, job: PromptJob, context: Context) -> list[CopiedImage]:
         """One prompt: reuse a verified earlier result, else copy recorded URLs, else generate."""
-        done = self._already_done(job)
-        if done is not None:
-            return done
-        pending = self._pending(job)
-        if pending is not None:
-            try:
-                return self._land(job, pending["image_urls"], context, pending)
-            except ImageGenDownloadError as error:
-                self.log.warning(
-                    "Prompt %d: recorded image URLs are no longer usable (%s); generating again",
-                    job.prompt_index,
-                    error,
-                )
+        images = self._reuse(job, context)
+        if images is not None:
+            return images
         result = self._generate(job)
         return self._land_generated(job, result, context)
 
-    def _already_done(self, job: PromptJob) -> list[CopiedImage] | None:
-        from airflow_provider_imagegen.manifest import load_verified_images
-
-        images = load_verified_images(self.s3_client, self.s3_bucket, job.prefix)
+    def _reuse(self, job: PromptJob, context: Context) -> list[CopiedImage] | None:
+        """What an earlier try left: its verified images, or its recorded URLs copied now; else None."""
+        images = self._already_done(job)
         if images is not None:
-            self.log.info(
-                "Prompt %d: s3://%s/%s already holds %d verified images from an earlier try; no API call",
+            return images
+        pending = self._pending(job)
+        if pending is None:
+            return None
+        self.log.info(
+            "Prompt %d: copying the %d image(s) an earlier try generated (no new API call)",
+            job.prompt_index,
+            len(pending["image_urls"]),
+        )
+        try:
+            return self._land(job, pending["image_urls"], context, pending)
+        except ImageGenDownloadError as error:
+            self.log.warning(
+                "Prompt %d: the image URLs recorded by an earlier try are no longer usable (%s); generating again",
+                job.prompt_index,
+                error,
+            )
+        return None
+
+    def _already_done(self, job: PromptJob) -> list[CopiedImage] | None:
+        """The verified images of an earlier try's manifest; a manifest that no longer holds is removed."""
+        from airflow_provider_imagegen.manifest import delete_manifest, load_manifest, verified_images
+
+        manifest = load_manifest(self.s3_client, self.s3_bucket, job.prefix)
+        if manifest is None:
+            return None
+        images = verified_images(self.s3_client, manifest, self.s3_bucket, job.prefix, job.request)
+        if images is None:
+            # its objects are about to be overwritten: it must not vouch for them meanwhile
+            self.log.warning(
+                "Prompt %d: s3://%s/%s/manifest.json from an earlier run does not match this request "
+                "or its objects changed; producing the images again",
                 job.prompt_index,
                 self.s3_bucket,
                 job.prefix,
-                len(images),
             )
+            delete_manifest(self.s3_client, self.s3_bucket, job.prefix)
+            return None
+        self.log.info(
+            "Prompt %d: s3://%s/%s already holds %d verified image(s) from an earlier try; no API call",
+            job.prompt_index,
+            self.s3_bucket,
+            job.prefix,
+            len(images),
+        )
         return images
 
     def _pending(self, job: PromptJob) -> dict[str, Any] | None:
         from airflow_provider_imagegen.manifest import load_pending
 
-        return load_pending(self.s3_client, self.s3_bucket, job.prefix)
+        return load_pending(self.s3_client, self.s3_bucket, job.prefix, job.request)
 
     def _generate(self, job: PromptJob) -> ImageGenerationResult:
         from airflow_provider_imagegen.hooks._client import prompt_digest
@@ -332,6 +422,7 @@ class ImageGenToS3Operator(BaseOperator):
         return result
 
     def _land_generated(self, job: PromptJob, result: ImageGenerationResult, context: Context) -> list[CopiedImage]:
+        """Check the count, record the URLs (so a retry does not pay again), then copy them."""
         from airflow_provider_imagegen.manifest import save_pending_urls, utcnow_iso
 
         self._check_count(job, len(result.image_urls))
@@ -340,19 +431,21 @@ class ImageGenToS3Operator(BaseOperator):
             "generation_seconds": round(result.elapsed, 3),
             "request_id": result.request_id,
         }
-        save_pending_urls(self.s3_client, self.s3_bucket, job.prefix, result.image_urls, self._upload_args, **info)
+        save_pending_urls(
+            self.s3_client, self.s3_bucket, job.prefix, result.image_urls, self._upload_args, job.request, **info
+        )
         return self._land(job, result.image_urls, context, info)
 
     def _check_count(self, job: PromptJob, received: int) -> None:
         asked = job.request.n
         if received < self.min_images:
             raise ImageGenError(
-                f"Prompt {job.prompt_index}: the API returned {received} of {asked} image(s), "
+                f"Prompt {job.prompt_index}: the API returned {received} of {asked} requested image(s), "
                 f"fewer than min_images={self.min_images}"
             )
         if received < asked:
             self.log.warning(
-                "Prompt %d: the API returned %d of %d image(s) (min_images=%d); continuing",
+                "Prompt %d: the API returned %d of %d requested image(s) (min_images=%d); continuing",
                 job.prompt_index,
                 received,
                 asked,
@@ -364,50 +457,15 @@ class ImageGenToS3Operator(BaseOperator):
         import time
 
         from airflow_provider_imagegen.hooks._client import prompt_digest
-        from airflow_provider_imagegen.manifest import build_manifest, image_key, write_manifest
-        from airflow_provider_imagegen.transfer import copy_image_to_s3
+        from airflow_provider_imagegen.manifest import build_manifest, write_manifest
 
-        self._check_count(job, len(urls))
-        request, started = job.request, time.monotonic()
-        digest = prompt_digest(request.prompt)
-        metadata = {
-            **self._task_metadata(context),
-            "prompt-sha256": digest,
-            "size": request.size,
-            "quality": request.quality,
-        }
-
-        def copy(index: int) -> CopiedImage:
-            image = copy_image_to_s3(
-                self.hook,
-                self.s3_client,
-                urls[index],
-                request=request,
-                bucket=self.s3_bucket,
-                key=image_key(job.prefix, index, request.file_extension),
-                index=index,
-                prompt_index=job.prompt_index,
-                extra_args=self._upload_args,
-                metadata=metadata,
-                transfer_config=self.s3_hook.transfer_config,
-            )
-            self.log.info(
-                "Prompt %d: %d/%d uploaded %s, %.1f MB",
-                job.prompt_index,
-                index + 1,
-                len(urls),
-                image.s3_uri,
-                image.size_bytes / 1e6,
-            )
-            return image
-
-        with ThreadPoolExecutor(max_workers=min(self.upload_concurrency, len(urls))) as pool:
-            images = list(pool.map(copy, range(len(urls))))
+        started = time.monotonic()
+        images = self._copy_all(job, urls, context)
         manifest = build_manifest(
-            request=request,
+            request=job.request,
             images=images,
-            prompt_sha256=digest,
-            endpoint=self.hook.settings.url,
+            prompt_sha256=prompt_digest(job.request.prompt),
+            endpoint=_public_url(self.hook.settings.url),
             task=self._task_record(context, job),
             generated_at=info.get("generated_at") or "",
             generation_seconds=info.get("generation_seconds"),
@@ -426,6 +484,74 @@ class ImageGenToS3Operator(BaseOperator):
         )
         return images
 
+    def _copy_all(self, job: PromptJob, urls: list[str], context: Context) -> list[CopiedImage]:
+        """Stream every URL into its key, ``upload_concurrency`` at a time; all or nothing.
+
+        On the first failure the copies not yet started are cancelled and the objects this call
+        already stored are deleted, so a failed try leaves no image under a final key.
+        """
+        import threading
+
+        from airflow_provider_imagegen.hooks._client import prompt_digest
+        from airflow_provider_imagegen.manifest import image_key
+        from airflow_provider_imagegen.transfer import copy_image_to_s3
+
+        request, lock, done = job.request, threading.Lock(), [0]
+        metadata = {
+            **self._task_metadata(context),
+            "prompt-sha256": prompt_digest(request.prompt),
+            "size": request.size,
+            "quality": request.quality,
+        }
+        transfer_config = self.s3_hook.transfer_config
+
+        def copy(index: int) -> CopiedImage:
+            image = copy_image_to_s3(
+                self.hook,
+                self.s3_client,
+                urls[index],
+                request=request,
+                bucket=self.s3_bucket,
+                key=image_key(job.prefix, index, request.file_extension),
+                index=index,
+                prompt_index=job.prompt_index,
+                extra_args=self._upload_args,
+                metadata=metadata,
+                transfer_config=transfer_config,
+            )
+            with lock:
+                done[0] += 1
+                count = done[0]
+            self.log.info(
+                "Prompt %d: %d/%d uploaded %s, %.1f MB",
+                job.prompt_index,
+                count,
+                len(urls),
+                image.s3_uri,
+                image.size_bytes / 1e6,
+            )
+            return image
+
+        with ThreadPoolExecutor(max_workers=min(self.upload_concurrency, len(urls))) as pool:
+            futures = [pool.submit(copy, index) for index in range(len(urls))]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                future.cancel()
+        failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
+        if not failed:
+            return [future.result() for future in futures]
+        stored = [f.result() for f in futures if not f.cancelled() and f.exception() is None]
+        self._discard(stored)
+        raise failed[0].exception()  # type: ignore[misc]
+
+    def _discard(self, images: list[CopiedImage]) -> None:
+        """Best effort: delete the objects of a failed copy (no manifest will vouch for them)."""
+        for image in images:
+            try:
+                self.s3_client.delete_object(Bucket=image.bucket, Key=image.key)
+            except Exception as error:  # the original failure matters more
+                self.log.warning("Could not delete %s after a failed copy: %s", image.s3_uri, error)
+
     @cached_property
     def _upload_args(self) -> dict[str, Any]:
         args: dict[str, Any] = dict(self.s3_extra_args or {})
@@ -443,13 +569,11 @@ class ImageGenToS3Operator(BaseOperator):
 
     @staticmethod
     def _task_metadata(context: Context) -> dict[str, str]:
-        from airflow_provider_imagegen.manifest import safe_segment
-
         ti = context["ti"]
         return {
-            "dag-id": safe_segment(ti.dag_id),
-            "run-id": safe_segment(context["run_id"]),
-            "task-id": safe_segment(ti.task_id),
+            "dag-id": _metadata_value(ti.dag_id),
+            "run-id": _metadata_value(context["run_id"]),
+            "task-id": _metadata_value(ti.task_id),
         }
 
     @staticmethod
@@ -464,15 +588,21 @@ class ImageGenToS3Operator(BaseOperator):
             "prompt_index": job.prompt_index,
         }
 
-    def _finish(self, context: Context, images: list[CopiedImage]) -> list[dict[str, Any]]:
+    def _finish(self, context: Context, jobs: list[PromptJob], images: list[CopiedImage]) -> list[dict[str, Any]]:
         """Asset events for AssetAlias outlets, then the XCom value."""
-        self._emit_asset_events(context, images)
+        self._emit_asset_events(context, jobs, images)
         self._stored_images = images
         total = sum(image.size_bytes for image in images)
-        self.log.info("Stored %d image(s), %.1f MB in s3://%s", len(images), total / 1e6, self.s3_bucket)
+        self.log.info(
+            "Stored %d image(s) for %d prompt(s), %.1f MB in s3://%s",
+            len(images),
+            len(jobs),
+            total / 1e6,
+            self.s3_bucket,
+        )
         return [image.to_dict() for image in images]
 
-    def _emit_asset_events(self, context: Context, images: list[CopiedImage]) -> None:
+    def _emit_asset_events(self, context: Context, jobs: list[PromptJob], images: list[CopiedImage]) -> None:
         from airflow.sdk import Asset, AssetAlias
 
         aliases = [outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)]
@@ -480,8 +610,7 @@ class ImageGenToS3Operator(BaseOperator):
             return
         from airflow_provider_imagegen.hooks._client import prompt_digest
 
-        digests = {job_prompt: prompt_digest(job_prompt) for job_prompt in self._rendered_prompts()}
-        prompts = list(digests)
+        digests = {job.prompt_index: prompt_digest(job.request.prompt) for job in jobs}
         for alias in aliases:
             for image in images:
                 context["outlet_events"][alias].add(
@@ -492,7 +621,7 @@ class ImageGenToS3Operator(BaseOperator):
                         "width": image.width,
                         "height": image.height,
                         "content_type": image.content_type,
-                        "prompt_sha256": digests[prompts[image.prompt_index]],
+                        "prompt_sha256": digests[image.prompt_index],
                     },
                 )
 
@@ -505,18 +634,16 @@ class ImageGenToS3Operator(BaseOperator):
         ready: dict[int, list[CopiedImage]] = {}
         to_generate = []
         for job in jobs:
-            images = self._already_done(job)
-            if images is None and (pending := self._pending(job)) is not None:
-                try:
-                    images = self._land(job, pending["image_urls"], context, pending)
-                except ImageGenDownloadError as error:
-                    self.log.warning("Prompt %d: recorded URLs unusable (%s)", job.prompt_index, error)
+            try:
+                images = self._reuse(job, context)
+            except ImageGenError as error:
+                _reraise_for_airflow(error)
             if images is None:
                 to_generate.append(job)
             else:
                 ready[job.prompt_index] = images
         if not to_generate:
-            return self._finish(context, [image for job in jobs for image in ready[job.prompt_index]])
+            return self._finish(context, jobs, [image for job in jobs for image in ready[job.prompt_index]])
         self.defer(
             trigger=ImageGenTrigger(
                 imagegen_conn_id=self.imagegen_conn_id,
@@ -529,10 +656,18 @@ class ImageGenToS3Operator(BaseOperator):
         raise AssertionError("defer() raises")  # pragma: no cover
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """Resume after the trigger: copy what it generated; rebuild its errors with their class."""
+        """Resume after the trigger: copy what it generated; rebuild its errors with their class.
+
+        :param context: the task's context.
+        :param event: the trigger's event: ``{"results": {prompt_index: outcome}}``.
+        """
         from airflow_provider_imagegen.triggers.imagegen import error_from_event
 
-        jobs = {job.prompt_index: job for job in self.build_jobs(context)}
+        try:
+            jobs = self.build_jobs(context)
+            self._prepare()
+        except ImageGenError as error:
+            _reraise_for_airflow(error)
         results = {int(k): v for k, v in (event.get("results") or {}).items()}
 
         def work(job: PromptJob) -> list[CopiedImage]:
@@ -553,8 +688,11 @@ class ImageGenToS3Operator(BaseOperator):
             )
             return self._land_generated(job, result, context)
 
-        images = self._run_jobs(list(jobs.values()), work)
-        return self._finish(context, images)
+        try:
+            images = self._run_jobs(jobs, work)
+            return self._finish(context, jobs, images)
+        finally:
+            self._close()
 
     # -- lineage ----------------------------------------------------------------------------------
 
@@ -577,6 +715,45 @@ def _as_int(name: str, value: Any) -> Any:
     return value
 
 
+def _parse_list(text: str) -> Any:
+    """A list rendered as text: JSON (``["a", "b"]``) or a Python literal (``['a', 'b']``)."""
+    import ast
+    import json
+
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    raise ImageGenValidationError("prompts", text, "a list of prompt strings")
+
+
+def _s3_code(error: BaseException) -> str:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _metadata_value(value: Any) -> str:
+    """S3 metadata is printable ASCII: keep such text as is, percent-encode anything else."""
+    from urllib.parse import quote
+
+    return "".join(char if 32 <= ord(char) < 127 else quote(char) for char in str(value))
+
+
+def _public_url(url: str) -> str:
+    """A URL without credentials, query or fragment (what the manifest may record)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _preview(prompt: str, limit: int = 60) -> str:
     flat = " ".join(prompt.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -587,6 +764,14 @@ def _capture(work: Callable[[PromptJob], list[CopiedImage]], job: PromptJob) -> 
         return work(job)
     except Exception as error:
         return error
+
+
+def _reraise_for_airflow(error: ImageGenError) -> NoReturn:
+    """Raise ``error``, as :class:`AirflowFailException` (caused by it) when it is permanent."""
+    failure = _for_airflow(error)
+    if failure is error:
+        raise error
+    raise failure from error
 
 
 def _for_airflow(error: BaseException, *, permanent: bool | None = None) -> BaseException:

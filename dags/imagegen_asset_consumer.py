@@ -1,0 +1,83 @@
+"""### imagegen_asset_consumer: check new images as soon as they land
+
+Scheduled on ``AssetAlias("imagegen_images")``: every run of a producer (e.g.
+``imagegen_daily_content``) that stores images through that alias triggers this DAG. It HEADs each
+new ``s3://`` object and checks it against the asset event's ``extra`` (size, and the SHA-256
+checksum when S3 kept one). Run by hand, it checks the most recent ``params.recent`` events instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, AssetAlias, Param, task
+
+IMAGES_ALIAS = "imagegen_images"
+
+
+def _split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"Not an s3:// URI: {uri}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def check_object(client: Any, uri: str, extra: dict[str, Any]) -> str | None:
+    """HEAD one object; a problem description, or None when it matches its event."""
+    import base64
+
+    bucket, key = _split_s3_uri(uri)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as error:
+        return f"{uri}: missing or unreadable ({error})"
+    if extra.get("size_bytes") is not None and head["ContentLength"] != extra["size_bytes"]:
+        return f"{uri}: {head['ContentLength']} bytes, the event says {extra['size_bytes']}"
+    stored = head.get("ChecksumSHA256")
+    if stored and "-" not in stored and extra.get("sha256") and base64.b64decode(stored).hex() != extra["sha256"]:
+        return f"{uri}: sha256 differs from the event's"
+    return None
+
+
+@task(inlets=[AssetAlias(IMAGES_ALIAS)])
+def validate_new_images(
+    triggering_asset_events: Any = None,
+    inlet_events: Any = None,
+    params: dict[str, Any] | None = None,
+    aws_conn_id: str = "aws_default",
+) -> dict[str, Any]:
+    """Check every image that triggered this run (or the latest ones on a manual run)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    alias = AssetAlias(IMAGES_ALIAS)
+    events = list((triggering_asset_events or {}).get(alias) or [])
+    if not events:
+        recent = int((params or {}).get("recent") or 10)
+        print(f"No triggering events: checking the latest {recent} event(s) of {IMAGES_ALIAS!r}")
+        events = list(inlet_events[alias].ascending(False).limit(recent))
+    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    uris = sorted({event.asset.uri: event for event in events}.items())
+    problems = []
+    for uri, event in uris:
+        problem = check_object(client, uri, dict(event.extra or {}))
+        print(f"{'FAIL' if problem else 'ok  '} {uri} from {event.source_dag_id}/{event.source_run_id}")
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(uris)} image(s) failed the check: " + "; ".join(problems))
+    return {"checked": [uri for uri, _ in uris]}
+
+
+with DAG(
+    dag_id="imagegen_asset_consumer",
+    description="Validate newly generated images announced through the imagegen_images asset alias",
+    schedule=[AssetAlias(IMAGES_ALIAS)],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"recent": Param(10, type="integer", minimum=1, description="manual runs: events to check")},
+    tags=["imagegen", "example"],
+    doc_md=__doc__,
+) as dag:
+    validate_new_images()

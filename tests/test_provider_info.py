@@ -1,0 +1,226 @@
+"""What Airflow reads about the provider: valid against Airflow's schemas, importable, and understood."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.resources
+import json
+import warnings
+
+import jsonschema
+import pytest
+
+from airflow_provider_imagegen import __version__
+from airflow_provider_imagegen.get_provider_info import get_provider_info
+
+PACKAGE = "airflow-provider-imagegen"
+HOOK_CLASS = "airflow_provider_imagegen.hooks.imagegen.ImageGenHook"
+
+
+def _airflow_schema(name: str) -> dict:
+    return json.loads(importlib.resources.files("airflow").joinpath(name).read_text())
+
+
+@pytest.fixture(scope="module")
+def info() -> dict:
+    return get_provider_info()
+
+
+@pytest.fixture(scope="module")
+def imagegen_type(info) -> dict:
+    (conn_type,) = [c for c in info["connection-types"] if c["connection-type"] == "imagegen"]
+    return conn_type
+
+
+def test_valid_against_airflows_runtime_schema(info):
+    """The schema Airflow checks every installed provider's info against on start."""
+    jsonschema.validate(info, _airflow_schema("provider_info.schema.json"))
+
+
+def test_sections_valid_against_airflows_provider_yaml_schema(info):
+    """The stricter provider.yaml schema (kebab-case keys, enums for tags and hidden fields, conn-fields)."""
+    schema = _airflow_schema("provider.yaml.schema.json")
+    for section in ("integrations", "hooks", "operators", "triggers", "connection-types"):
+        jsonschema.validate(info[section], schema["properties"][section])
+    for key in ("package-name", "name", "description", "versions"):
+        jsonschema.validate(info[key], schema["properties"][key])
+
+
+def test_ui_field_behaviour_valid_against_airflows_form_schema(imagegen_type):
+    behaviour = imagegen_type["ui-field-behaviour"]
+    as_airflow_reads_it = {
+        "hidden_fields": behaviour.get("hidden-fields", []),
+        "relabeling": behaviour.get("relabeling", {}),
+        "placeholders": behaviour.get("placeholders", {}),
+    }
+    jsonschema.validate(as_airflow_reads_it, _airflow_schema("customized_form_field_behaviours.schema.json"))
+
+
+def test_package_name_and_version_match_the_installed_distribution(info):
+    distribution = importlib.metadata.distribution(info["package-name"])
+    assert distribution.metadata["Name"] == info["package-name"] == PACKAGE
+    assert distribution.version == __version__
+    assert info["versions"] == [__version__]
+
+
+def test_entry_point_returns_this_info(info):
+    (entry_point,) = [
+        ep
+        for ep in importlib.metadata.entry_points(group="apache_airflow_provider")
+        if ep.dist is not None and ep.dist.name == PACKAGE
+    ]
+    assert entry_point.load()() == info
+
+
+def test_every_listed_module_imports_and_the_hook_class_resolves(info, imagegen_type):
+    modules = [
+        m for section in ("hooks", "operators", "triggers") for entry in info[section] for m in entry["python-modules"]
+    ]
+    assert len(modules) == 3
+    for module in modules:
+        importlib.import_module(module)
+    module_name, _, class_name = imagegen_type["hook-class-name"].rpartition(".")
+    hook_class = getattr(importlib.import_module(module_name), class_name)
+    assert imagegen_type["hook-class-name"] == HOOK_CLASS
+    assert hook_class.conn_type == imagegen_type["connection-type"] == "imagegen"
+    assert hook_class.hook_name == imagegen_type["hook-name"]
+    for entry in info["hooks"] + info["operators"] + info["triggers"]:
+        assert entry["integration-name"] in {i["integration-name"] for i in info["integrations"]}
+
+
+def test_connection_form_labels_and_hidden_fields(imagegen_type):
+    behaviour = imagegen_type["ui-field-behaviour"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
+    assert sorted(behaviour["hidden-fields"]) == ["login", "port", "schema"]
+    assert "host" not in behaviour["hidden-fields"]
+    assert "password" not in behaviour["hidden-fields"]
+    placeholders = behaviour["placeholders"]
+    assert placeholders["host"].startswith("https://")
+    for name in ("password", "endpoint", "timeout", "max_retries"):
+        assert placeholders[name]
+
+
+def test_connection_extra_fields(imagegen_type):
+    from airflow_provider_imagegen.hooks._client import DEFAULT_ENDPOINT, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+
+    fields = imagegen_type["conn-fields"]
+    assert set(fields) == {"endpoint", "timeout", "max_retries"}
+    for name, field in fields.items():
+        assert field["label"], name
+        assert len(field["description"]) > 20, name
+        assert field["schema"]["type"], name
+    assert fields["endpoint"]["schema"]["default"] == DEFAULT_ENDPOINT
+    assert fields["timeout"]["schema"]["default"] == DEFAULT_TIMEOUT
+    assert "number" in fields["timeout"]["schema"]["type"]
+    assert fields["max_retries"]["schema"]["default"] == DEFAULT_MAX_RETRIES
+    assert "integer" in fields["max_retries"]["schema"]["type"]
+    assert fields["max_retries"]["schema"]["minimum"] == 0
+
+
+def test_form_defaults_are_accepted_by_the_hook(imagegen_type):
+    """What the form stores (its defaults, in extra under the plain names) is what the hook accepts."""
+    from airflow_provider_imagegen.hooks._client import MAX_RETRIES_LIMIT, settings_from_connection
+
+    fields = imagegen_type["conn-fields"]
+    extra = {name: field["schema"]["default"] for name, field in fields.items()}
+    settings = settings_from_connection("c", imagegen_type["ui-field-behaviour"]["placeholders"]["host"], "k", extra)
+    assert settings.url == "https://api.highwayapi.ai/v3/gpt-image-2-text-to-image"
+    assert fields["max_retries"]["schema"]["maximum"] == MAX_RETRIES_LIMIT
+    settings_from_connection("c", None, "k", {"max_retries": MAX_RETRIES_LIMIT})
+
+
+def test_get_provider_info_imports_nothing_heavy():
+    """Airflow calls it on start for every command: it must not import the hook, httpx or the SDK."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from airflow_provider_imagegen.get_provider_info import get_provider_info; get_provider_info();"
+        "heavy = [m for m in ('httpx', 'tenacity', 'airflow', 'airflow.sdk', 'airflow_provider_imagegen.hooks') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def providers_manager():
+    from airflow.providers_manager import ProvidersManager
+
+    return ProvidersManager()
+
+
+def test_providers_manager_lists_the_provider(providers_manager):
+    provider = providers_manager.providers[PACKAGE]
+    assert provider.version == __version__
+    assert provider.data["package-name"] == PACKAGE
+
+
+def test_providers_manager_knows_the_hook(providers_manager):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ProvidersManager.hooks is deprecated for the task runtime's twin
+        hook_info = providers_manager.hooks["imagegen"]
+    assert hook_info is not None
+    assert hook_info.hook_class_name == HOOK_CLASS
+    assert hook_info.connection_id_attribute_name == "imagegen_conn_id"
+    assert hook_info.package_name == PACKAGE
+    assert hook_info.hook_name == "GPT Image 2"
+    assert hook_info.connection_testable is True  # the hook defines test_connection
+
+
+def test_task_sdk_providers_manager_knows_the_hook():
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    hook_info = ProvidersManagerTaskRuntime().hooks["imagegen"]
+    assert hook_info is not None
+    assert hook_info.hook_class_name == HOOK_CLASS
+
+
+def test_providers_manager_field_behaviours_and_widgets(providers_manager):
+    behaviour = providers_manager.field_behaviours["imagegen"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
+    assert set(behaviour["hidden_fields"]) == {"login", "schema", "port"}
+    assert behaviour["placeholders"]["extra__imagegen__timeout"] == "600"
+    widgets = providers_manager.connection_form_widgets
+    for name in ("endpoint", "timeout", "max_retries"):
+        widget = widgets[f"extra__imagegen__{name}"]
+        assert widget.field_name == name
+        assert widget.hook_class_name == HOOK_CLASS
+        assert widget.field["description"]
+        assert widget.field["schema"]["title"]
+        assert widget.is_sensitive is False
+    assert widgets["extra__imagegen__max_retries"].field["value"] == 3
+
+
+def test_connection_json_resolves_through_the_hook(monkeypatch):
+    """The ``AIRFLOW_CONN_IMAGEGEN_DEFAULT`` JSON form, as users and the demo set it."""
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_IMAGEGEN_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "imagegen",
+                "host": "http://127.0.0.1:8765/",
+                "password": "sk-provider-info-test",
+                "extra": {"endpoint": "v3/gpt-image-2-text-to-image", "timeout": 90, "max_retries": 1},
+            }
+        ),
+    )
+    settings = ImageGenHook().settings
+    assert settings.url == "http://127.0.0.1:8765/v3/gpt-image-2-text-to-image"
+    assert settings.api_key == "sk-provider-info-test"
+    assert (settings.timeout, settings.max_retries) == (90.0, 1)
+    named = ImageGenHook(imagegen_conn_id="imagegen_default").settings
+    assert named == settings
+
+
+def test_missing_connection_is_a_clear_error(monkeypatch):
+    from airflow.exceptions import AirflowNotFoundException
+
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+
+    monkeypatch.delenv("AIRFLOW_CONN_IMAGEGEN_NOPE", raising=False)
+    with pytest.raises(AirflowNotFoundException, match="imagegen_nope"):
+        ImageGenHook("imagegen_nope").settings  # noqa: B018
