@@ -53,7 +53,7 @@ demo: install
 	$(RUN) python -m demo
 
 bench: install
-	$(RUN) python -m bench
+	$(RUN) python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) demo-output .airflow-demo bench/results

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 emulator.configure(noise=False)
 
         run("B2", b2)
-        run("B6", lambda: parse_cost.measure(runs=2 if quick else 3))
+        run("B6", lambda: parse_cost.measure(runs=2 if quick else 5))
 
     order = {key: i for i, key in enumerate(ALL)}
     figures.sort(key=lambda f: (order.get(f.key[:2], 99), f.key))

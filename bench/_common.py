@@ -208,3 +208,34 @@ def check(condition: object, message: str) -> None:
     """A benchmark's sanity check: a wrong result makes its timing meaningless, so stop."""
     if not condition:
         raise RuntimeError(f"benchmark sanity check failed: {message}")
+
+
+class PoolOverflowCounter:
+    """Counts urllib3's "Connection pool is full, discarding connection" warnings over a block.
+
+    botocore's pool holds 10 connections by default; more threads than that make boto3 open and
+    throw away a TCP connection per call. The count goes into the notes instead of the terminal.
+    """
+
+    def __init__(self) -> None:
+        import logging
+
+        self.count = 0
+        self._logger = logging.getLogger("urllib3.connectionpool")
+        self._handler = logging.Handler()
+        self._handler.emit = self._emit  # type: ignore[method-assign]
+        self._propagate = True
+
+    def _emit(self, record: Any) -> None:
+        if "Connection pool is full" in record.getMessage():
+            self.count += 1
+
+    def __enter__(self) -> PoolOverflowCounter:
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self._handler)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.propagate = self._propagate

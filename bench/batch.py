@@ -13,7 +13,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench._common import Figure, boto3_client, check, imagegen_settings, median, spread, task_context
+from bench._common import (
+    Figure,
+    PoolOverflowCounter,
+    boto3_client,
+    check,
+    imagegen_settings,
+    median,
+    spread,
+    task_context,
+)
 from bench._servers import ServerCPU, ServerProcess
 
 PROMPTS = [f"catalogue item {i:02d}: a ceramic mug, studio light" for i in range(64)]
@@ -64,12 +73,14 @@ def measure(emulator: ServerProcess, s3: ServerProcess, bucket: str, runs: int =
     ours, floor, in_flight = [], [], []
     own_ours, own_floor = [], []  # CPU of this process (all its threads)
     cpu_ours, cpu_floor = ServerCPU(emulator, s3), ServerCPU(emulator, s3)
+    overflows = []
     for _ in range(runs):
         emulator.reset()
-        with cpu_ours:
+        with cpu_ours, PoolOverflowCounter() as overflow:
             started = time.process_time()
             ours.append(_run(bucket))
             own_ours.append(time.process_time() - started)
+        overflows.append(overflow.count)
         in_flight.append(emulator.stats()["max_in_flight_generations"])
         with cpu_floor:
             started = time.process_time()
@@ -93,6 +104,7 @@ def measure(emulator: ServerProcess, s3: ServerProcess, bucket: str, runs: int =
             f"= {median(floor) / IDEAL:.2f}x ideal",
             f"CPU of the task's own process: ours {median(own_ours):.1f} s, floor {median(own_floor):.1f} s; "
             f"servers in the last run: ours {cpu_ours.summary()}; floor {cpu_floor.summary()}",
+            f"boto3 'connection pool is full, discarding connection' warnings per run of ours: {overflows}",
         ],
         samples={"ours_s": ours, "floor_s": floor, "max_in_flight_generations": in_flight},
     )

@@ -96,7 +96,7 @@ def _is_authorized(request: Request, api_key: str) -> bool:
     """Whether the request carries ``Authorization: Bearer <api_key>`` (scheme case-insensitive)."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     token = credentials.strip()
-    return scheme.lower() == "bearer" and bool(token) and secrets.compare_digest(token, api_key)
+    return scheme.lower() == "bearer" and bool(token) and secrets.compare_digest(token.encode(), api_key.encode())
 
 
 def _injected_failure(config: EmulatorConfig) -> Response | None:

@@ -311,9 +311,25 @@ class AirflowDeployment:
             response.raise_for_status()
             return str(response.json()["access_token"])
 
+    def listening_addresses(self) -> set[tuple[str, int]]:
+        """The (ip, port) of every TCP socket listening in any process of this deployment."""
+        import psutil
+
+        found = set()
+        for component in self.components:
+            if component.process is None or component.process.poll() is not None:
+                continue
+            for process in [psutil.Process(component.pid), *_descendants(component.pid)]:
+                with contextlib.suppress(psutil.Error):
+                    for conn in process.net_connections(kind="inet"):
+                        if conn.status == psutil.CONN_LISTEN:
+                            found.add((conn.laddr.ip, conn.laddr.port))
+        return found
+
     def logs(self) -> str:
         """Every component's log tail, for failure messages."""
-        return "\n".join(
+        timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
+        return f"timings: {timings}\n" + "\n".join(
             f"===== airflow {component.name} (pid {component.process.pid if component.process else '-'}) "
             f"=====\n{component.log_tail(150)}"
             for component in self.components
@@ -338,3 +354,12 @@ def _migrated_template() -> Path:
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     AirflowDeployment(home).run_migrate()
     return home / "airflow.db"
+
+
+def call_failed(request: Any) -> bool:
+    """Whether the test of a fixture ``request`` failed or never ran its body.
+
+    Needs a conftest hook that keeps the call phase's report as ``item.rep_call``.
+    """
+    report = getattr(request.node, "rep_call", None)
+    return report is None or bool(report.failed)

@@ -22,8 +22,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         {"Authorization": "Basic emulator-key"},
         {"Authorization": "emulator-key"},
         {"Authorization": "Bearer"},
+        {"Authorization": b"Bearer \xe9mulator-key"},
     ],
-    ids=["missing", "wrong-key", "wrong-scheme", "no-scheme", "empty-key"],
+    ids=["missing", "wrong-key", "wrong-scheme", "no-scheme", "empty-key", "non-ascii"],
 )
 def test_401_json(emu, generate, headers):
     response = generate({"prompt": "p"}, headers=headers)

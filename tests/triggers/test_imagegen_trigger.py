@@ -348,7 +348,7 @@ def test_cancellation_mid_request_cleans_up(emulator, imagegen_conn, monkeypatch
     _RecordingClient.instances, _RecordingPool.instances = [], []
     monkeypatch.setattr(httpx, "AsyncClient", _RecordingClient)
     monkeypatch.setattr(httpx, "AsyncHTTPTransport", _RecordingPool)
-    emulator.configure(latency=3.0)
+    emulator.configure(latency=1.5)
     trigger = ImageGenTrigger(imagegen_conn, _bodies("a", "b", "c"), max_concurrency=2)
 
     async def main() -> tuple[list[dict[str, Any]], int]:

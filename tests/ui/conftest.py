@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from deployment.components import AirflowDeployment
+from deployment.components import AirflowDeployment, call_failed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,11 +41,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    report = getattr(request.node, "rep_call", None)
-    return report is None or report.failed
 
 
 @pytest.fixture
@@ -87,7 +82,7 @@ def airflow_ui(
     try:
         yield deployment
     finally:
-        if _failed(request):
+        if call_failed(request):
             print(deployment.logs(), file=sys.stderr)
         deployment.stop()
 
@@ -105,7 +100,7 @@ def page(chromium: Path, airflow_ui: AirflowDeployment, artifacts: Path, request
             page = context.new_page()
             page.set_default_timeout(UI_TIMEOUT_MS)
             yield page
-            if _failed(request):
+            if call_failed(request):
                 page.screenshot(path=artifacts / "zz-failure.png", full_page=True)
         finally:
             browser.close()

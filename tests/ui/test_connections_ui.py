@@ -13,6 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from deployment.components import LOOPBACK
 
 from airflow_provider_imagegen.get_provider_info import get_provider_info
 
@@ -233,3 +234,7 @@ def test_imagegen_connection_in_the_browser(
     shot("test-failure-wrong-key")
     assert verdict["status"] is False, verdict
     assert [(call.status, call.has_authorization) for call in emulator.state.generation_calls()] == [(401, True)]
+
+    listening = airflow_ui.listening_addresses()
+    assert (LOOPBACK, airflow_ui.api_port) in listening, listening
+    assert {ip for ip, _ in listening} == {LOOPBACK}, f"the API server listens beyond loopback: {listening}"

@@ -1,0 +1,236 @@
+"""A real deployment: scheduler, dag-processor, triggerer and api-server as separate processes.
+
+The provider is installed (editable) in the environment the components run from; the API emulator
+and a moto S3 server run in this test process on 127.0.0.1, and the connections reach every
+component as ``AIRFLOW_CONN_*`` variables. ``imagegen_daily_content`` is triggered through the REST
+API with ``[operators] default_deferrable`` on, so ``generate_images`` hands the API call to
+``ImageGenTrigger`` in the triggerer: the trigger must serialise, be rebuilt in another process and
+fire, and the task must resume on a worker and land the images in S3 with the served bytes.
+
+LocalExecutor with SQLite is accepted by Airflow 3 (``airflow standalone`` does the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from airflow_provider_imagegen.testing import connection_env
+
+from .components import AirflowDeployment, call_failed, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_provider_imagegen.emulator import Emulator
+    from airflow_provider_imagegen.testing import LocalS3
+
+pytestmark = pytest.mark.e2e
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+DAG_ID = "imagegen_daily_content"
+TASK_ID = "generate_images"
+N_IMAGES = 2
+API_LATENCY = 3.0
+"""Seconds the emulator takes per generation call: the task stays deferred at least this long."""
+DAG_FILE_TIMEOUT = 120.0
+COMPONENTS_READY_TIMEOUT = 120.0
+DAG_PARSED_TIMEOUT = 120.0
+RUN_TIMEOUT = 240.0
+TARGET_SECONDS = 180.0
+
+
+@pytest.fixture
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    emulator: Emulator,
+    s3_server: LocalS3,
+) -> Iterator[AirflowDeployment]:
+    """Every component running against a fresh home; all stopped (process groups) at the end."""
+    env = connection_env(emulator.connection_json(), s3_server)
+    env.update(
+        {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            # Only the run this test triggers: no cron run when the DAG is unpaused.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+    )
+    deployment = AirflowDeployment(tmp_path_factory.mktemp("airflow-deployment-home"), extra_env=env)
+    try:
+        yield deployment
+    finally:
+        if call_failed(request):
+            print(f"\nAirflow home: {deployment.home}\n{deployment.logs()}")
+        deployment.stop()
+
+
+def _api(client: Any, method: str, url: str, **kwargs: Any) -> Any:
+    response = client.request(method, url, **kwargs)
+    assert response.is_success, f"{method} {url} answered {response.status_code}: {response.text}"
+    return response.json()
+
+
+def _healthy(client: Any) -> bool:
+    health = client.get("/api/v2/monitor/health").json()
+    return all(health[name]["status"] == "healthy" for name in ("scheduler", "triggerer", "dag_processor"))
+
+
+def _dag_parsed(client: Any) -> bool:
+    errors = client.get("/api/v2/importErrors").json()["import_errors"]
+    ours = [error for error in errors if error["filename"].endswith(f"{DAG_ID}.py")]
+    assert not ours, f"{DAG_ID}.py does not import in the dag-processor:\n{ours[0]['stack_trace']}"
+    return client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200
+
+
+def _task_logs(deployment: AirflowDeployment, run_id: str) -> tuple[str, str]:
+    """(the worker's log of try 1 of generate_images, the triggerer's log of its trigger(s))."""
+    folder = deployment.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+    worker = folder / "attempt=1.log"
+    triggers = sorted(folder.glob("attempt=1.log.trigger.*.log"))
+    return (
+        worker.read_text(errors="replace") if worker.exists() else "",
+        "\n".join(path.read_text(errors="replace") for path in triggers),
+    )
+
+
+def test_deferrable_run_in_a_real_deployment(
+    deployment: AirflowDeployment, emulator: Emulator, s3_server: LocalS3
+) -> None:
+    started = time.monotonic()
+    timings = deployment.timings
+
+    def lap(name: str) -> None:
+        timings[f"{name} (at)"] = time.monotonic() - started
+
+    # The DAG is written by another part of the project: wait for it (bounded), don't skip.
+    wait_until(lambda: (DAGS_FOLDER / f"{DAG_ID}.py").is_file(), timeout=DAG_FILE_TIMEOUT, what=f"dags/{DAG_ID}.py")
+    bucket = f"imagegen-deploy-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    emulator.configure(latency=API_LATENCY)
+
+    deployment.migrate()
+    deployment.start_api_server()
+    deployment.start("scheduler", "--skip-serve-logs")  # no log server: it would listen on every interface
+    deployment.start("triggerer", "--skip-serve-logs")
+    deployment.start("dag-processor")
+    deployment.wait_api_ready()
+    lap("api-server ready")
+    token = deployment.token()
+    with deployment.client(token) as client:
+        wait_until(
+            lambda: _healthy(client),
+            timeout=COMPONENTS_READY_TIMEOUT,
+            what="scheduler, triggerer and dag-processor heartbeats",
+            alive=deployment.check_alive,
+        )
+        lap("all components healthy")
+        wait_until(
+            lambda: _dag_parsed(client),
+            timeout=DAG_PARSED_TIMEOUT,
+            what=f"the dag-processor to parse {DAG_ID}",
+            alive=deployment.check_alive,
+        )
+        lap("DAG parsed")
+
+        # -- trigger a run through the REST API ------------------------------------------------------
+        _api(client, "PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
+        run_id = f"deployment_test_{uuid.uuid4().hex[:8]}"
+        conf = {"bucket": bucket, "n": N_IMAGES, "size": "1024x1024", "quality": "low"}
+        created = _api(
+            client,
+            "POST",
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            # A logical date: the DAG's prompt template uses {{ ds }}, undefined in runs without one.
+            json={"dag_run_id": run_id, "logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf},
+        )
+        assert created["dag_run_id"] == run_id
+        assert created["conf"] == conf
+
+        # -- wait for it, watching generate_images' states ----------------------------------------------
+        run_url = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
+        seen_states: list[str | None] = []
+
+        def finished() -> str | None:
+            ti = client.get(f"{run_url}/taskInstances/{TASK_ID}").json()
+            if not seen_states or seen_states[-1] != ti.get("state"):
+                seen_states.append(ti.get("state"))
+            state = client.get(run_url).json()["state"]
+            return state if state in ("success", "failed") else None
+
+        final = wait_until(
+            finished,
+            timeout=RUN_TIMEOUT,
+            what=f"DAG run {run_id} to finish",
+            interval=0.5,
+            alive=deployment.check_alive,
+        )
+        lap("DAG run finished")
+        task_instances = _api(client, "GET", f"{run_url}/taskInstances")["task_instances"]
+        states = {f"{ti['task_id']}[{ti['map_index']}]": ti["state"] for ti in task_instances}
+        assert final == "success", f"DAG run {run_id} ended {final}: {states}; {TASK_ID} went {seen_states}"
+        assert set(states.values()) == {"success"}, states
+
+        generate = _api(client, "GET", f"{run_url}/taskInstances/{TASK_ID}")
+        images = _api(client, "GET", f"{run_url}/taskInstances/{TASK_ID}/xcomEntries/return_value")["value"]
+        if isinstance(images, str):
+            images = json.loads(images)
+
+    listening = deployment.listening_addresses()
+    assert listening, "no listening socket found: the loopback check below would be vacuous"
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, f"a component listens beyond loopback: {listening}"
+
+    # -- the trigger ran in the triggerer ------------------------------------------------------------
+    assert "deferred" in seen_states, f"{TASK_ID} never showed as deferred: {seen_states}"
+    assert generate["try_number"] == 1, "the deferral must resume the same try, not retry the task"
+    worker_log, trigger_log = _task_logs(deployment, run_id)
+    assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
+    assert f"trigger {DAG_ID}/{run_id}/{TASK_ID}/-1/1 (ID" in trigger_log, "the triggerer never started the trigger"
+    assert '"logger":"airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"' in trigger_log, (
+        "the trigger that ran in the triggerer is not ImageGenTrigger"
+    )
+    assert "Trigger fired event" in trigger_log
+    assert "'status': 'success'" in trigger_log
+    generations = emulator.state.generation_calls()
+    assert [(call.status, call.body["n"]) for call in generations] == [(200, N_IMAGES)], (
+        "exactly one generation call, from the trigger"
+    )
+
+    # -- the images in S3 are the bytes the emulator served --------------------------------------------
+    served = sorted(emulator.state.sha256_by_url().values())
+    assert len(served) == N_IMAGES
+    client = s3_server.client()
+    stored = []
+    for image in sorted(images, key=lambda image: image["index"]):
+        assert image["bucket"] == bucket
+        body = client.get_object(Bucket=bucket, Key=image["key"])["Body"].read()
+        digest = hashlib.sha256(body).hexdigest()
+        assert digest == image["sha256"], f"{image['key']}: S3 holds other bytes than the XCom says"
+        stored.append(digest)
+    assert sorted(stored) == served, "the images in S3 are not the ones the emulator served"
+    prefix = images[0]["key"].rsplit("/", 1)[0]
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"{prefix}/manifest.json" in keys
+    assert {f"{prefix}/thumbnails/{index:02d}.png" for index in range(N_IMAGES)} <= keys
+    assert f"{prefix}/gallery.html" in keys
+
+    lap("total")
+    print(f"\n{TASK_ID} went {' → '.join(map(str, seen_states))}")
+    print(f"real deployment timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    if timings["total (at)"] > TARGET_SECONDS:
+        warnings.warn(
+            f"The real-deployment test took {timings['total (at)']:.0f} s (target {TARGET_SECONDS:.0f} s): {timings}",
+            stacklevel=1,
+        )
