@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from bench import batch, fanout, memory, overhead, parse_cost, triggerer
 
-        run("B1", lambda: overhead.measure(emulator.connection_json, s3_info, bucket, runs=5 if quick else 9))
+        run("B1", lambda: overhead.measure(emulator, s3_info, bucket, runs=5 if quick else 9))
         run("B3", lambda: fanout.measure(emulator, s3, bucket, runs=2 if quick else 5))
         run("B4", lambda: batch.measure(emulator, s3, bucket, runs=1 if quick else 3))
         run("B5", lambda: triggerer.measure(emulator, env, runs=1 if quick else 3))
@@ -125,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         def b2() -> Figure:
             emulator.configure(noise=True)
             try:
-                return memory.measure(emulator.connection_json, env, bucket, runs=1 if quick else 3)
+                return memory.measure(emulator.connection_json, env, bucket, runs=1 if quick else 2)
             finally:
                 emulator.configure(noise=False)
 
         run("B2", b2)
-        run("B6", lambda: parse_cost.measure(runs=2 if quick else 5))
+        run("B6", lambda: parse_cost.measure(runs=2 if quick else 3))
 
     order = {key: i for i, key in enumerate(ALL)}
     figures.sort(key=lambda f: (order.get(f.key[:2], 99), f.key))

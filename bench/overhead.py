@@ -2,12 +2,18 @@
 
 The floor is the least any task could do for the same result: one bare httpx POST to the
 generation endpoint, one GET of the returned URL and one boto3 ``put_object`` of the bytes, against
-the same emulator and the same moto server. Each run of either side starts cold, as a task
-process does: a new operator (so new hooks and clients) for ours, a new ``httpx.Client`` and a new
-boto3 session and client for the floor. Runs alternate ours/floor; the figure is the ratio of the
-medians. A warm variant (clients reused across runs, as a long-lived worker would) is reported
-beside it, and one extra instrumented run of each side says where the time goes (client set-up,
-each S3 call, the rest).
+the same emulator and the same moto server.
+
+Every run of either side uses new clients (a new operator, so new hooks, for ours; a new
+``httpx.Client`` and a new boto3 session and client for the floor), as a task process does. The
+figure (B1) builds those clients *before* the clock starts on both sides, so it compares the work
+itself: everything ``execute`` does against POST + GET + put_object. B1c includes building the
+clients on both sides; building a boto3 client costs 100-400 ms here and varies with the machine's
+load, which dilutes and blurs that ratio, so it is context. B1 has the emulator answer at once, so
+it isolates the provider's own work; B1r repeats it with 1 s of API latency, still shorter than a
+real generation, to show what that work weighs next to the API. Runs alternate ours/floor; each ratio
+is of the medians. One extra instrumented run of each side says where the time goes (client
+set-up, each S3 call with its duration, the rest).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from bench._common import Figure, boto3_client, check, imagegen_settings, median
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 SIZE = "1024x1024"
 TARGET = 1.15
+REALISTIC_LATENCY = 1.0  # B1r: still far below a real generation (several seconds and more)
 
 
 def _operator(bucket: str, **kwargs: Any) -> Any:
@@ -29,9 +36,12 @@ def _operator(bucket: str, **kwargs: Any) -> Any:
     return ImageGenToS3Operator(task_id="b1_overhead", prompt=PROMPT, size=SIZE, s3_bucket=bucket, **kwargs)
 
 
-def run_ours(bucket: str, operator: Any = None) -> float:
-    """Seconds for one ``execute`` (a new operator unless one is given)."""
+def run_ours(bucket: str, *, prebuilt: bool, operator: Any = None) -> float:
+    """Seconds for one ``execute`` of a new operator; with ``prebuilt`` its clients exist beforehand."""
     operator = operator or _operator(bucket)
+    if prebuilt:
+        operator.s3_client  # noqa: B018 - S3Hook → Airflow connection → boto3 session → client
+        operator.hook.client  # noqa: B018 - the hook's pooled httpx.Client
     context = task_context("b1_overhead")
     started = time.perf_counter()
     result = operator.execute(context)
@@ -41,34 +51,29 @@ def run_ours(bucket: str, operator: Any = None) -> float:
 
 
 class Floor:
-    """POST + GET + put_object with nothing else; cold unless ``warm`` (clients kept)."""
+    """POST + GET + put_object with nothing else, on new clients each run."""
 
-    def __init__(self, imagegen_json: str, s3_info: dict[str, Any], bucket: str, *, warm: bool) -> None:
-        import httpx
-
+    def __init__(self, imagegen_json: str, s3_info: dict[str, Any], bucket: str) -> None:
         self.url, self.headers = imagegen_settings(imagegen_json)
-        self.s3_info, self.bucket, self.warm = s3_info, bucket, warm
+        self.s3_info, self.bucket = s3_info, bucket
         self.body = {"prompt": PROMPT, "n": 1, "size": SIZE, "quality": "medium", "background": "auto",
                      "moderation": "auto", "output_format": "png"}
-        self._http = httpx.Client(timeout=600) if warm else None
-        self._s3 = boto3_client(s3_info) if warm else None
 
-    def run(self) -> float:
-        """Seconds for one bare copy."""
+    def run(self, *, prebuilt: bool) -> float:
+        """Seconds for one bare copy; with ``prebuilt`` the clients are built before the clock starts."""
         import httpx
 
+        if prebuilt:
+            http, s3 = httpx.Client(timeout=600), boto3_client(self.s3_info)
         started = time.perf_counter()
-        http = self._http or httpx.Client(timeout=600)
-        try:
+        if not prebuilt:
+            http, s3 = httpx.Client(timeout=600), boto3_client(self.s3_info)
+        with http:
             response = http.post(self.url, json=self.body, headers=self.headers)
             response.raise_for_status()
             image = http.get(response.json()["images"][0])
             image.raise_for_status()
             data = image.content
-        finally:
-            if self._http is None:
-                http.close()
-        s3 = self._s3 or boto3_client(self.s3_info)
         s3.put_object(Bucket=self.bucket, Key=f"b1-floor/{uuid.uuid4().hex}.png", Body=data, ContentType="image/png")
         elapsed = time.perf_counter() - started
         check(data[:8] == b"\x89PNG\r\n\x1a\n", "the floor did not get a PNG")
@@ -102,7 +107,7 @@ def breakdown(imagegen_json: str, s3_info: dict[str, Any], bucket: str) -> list[
     operator.hook.client  # noqa: B018 - the pooled httpx.Client (a TLS context is built for it)
     t2 = time.perf_counter()
     calls = timed_s3_calls(s3)
-    total = run_ours(bucket, operator) + (t2 - t0)
+    total = run_ours(bucket, prebuilt=True, operator=operator) + (t2 - t0)
     s3_total = sum(duration for _, duration in calls)
     rest = total - (t2 - t0) - s3_total
 
@@ -134,27 +139,33 @@ def breakdown(imagegen_json: str, s3_info: dict[str, Any], bucket: str) -> list[
     ]
 
 
-def measure(imagegen_json: str, s3_info: dict[str, Any], bucket: str, runs: int = 9) -> list[Figure]:
-    """B1 (cold, the figure) and B1w (warm, for context)."""
-    cold_floor = Floor(imagegen_json, s3_info, bucket, warm=False)
-    warm_floor = Floor(imagegen_json, s3_info, bucket, warm=True)
-    warm_operator = _operator(bucket)
-    for _ in range(2):  # warm-up: imports, the emulator's render cache, moto's first bucket writes
-        run_ours(bucket)
-        cold_floor.run()
-        run_ours(bucket, warm_operator)
-        warm_floor.run()
-    ours, floor, ours_warm, floor_warm = [], [], [], []
+def measure(emulator: Any, s3_info: dict[str, Any], bucket: str, runs: int = 9) -> list[Figure]:
+    """B1 (clients built before the clock), B1c (client creation included), B1r (1 s API latency)."""
+    imagegen_json = emulator.connection_json
+    floor = Floor(imagegen_json, s3_info, bucket)
+    for _ in range(2):  # warm-up: imports, the emulator's render cache, moto's first writes
+        run_ours(bucket, prebuilt=False)
+        floor.run(prebuilt=False)
+    ours, base, ours_cold, base_cold = [], [], [], []
     for _ in range(runs):
-        ours.append(run_ours(bucket))
-        floor.append(cold_floor.run())
-        ours_warm.append(run_ours(bucket, warm_operator))
-        floor_warm.append(warm_floor.run())
+        ours.append(run_ours(bucket, prebuilt=True))
+        base.append(floor.run(prebuilt=True))
+        ours_cold.append(run_ours(bucket, prebuilt=False))
+        base_cold.append(floor.run(prebuilt=False))
     parts = breakdown(imagegen_json, s3_info, bucket)
+    emulator.configure(latency=REALISTIC_LATENCY)
+    try:
+        ours_slow, base_slow = [], []
+        for _ in range(max(3, runs // 2)):
+            ours_slow.append(run_ours(bucket, prebuilt=True))
+            base_slow.append(floor.run(prebuilt=True))
+    finally:
+        emulator.configure(latency=0.0)
     figures = []
     for key, title, o, f in (
-        ("B1", "overhead: 1 PNG 1024x1024, cold (new clients)", ours, floor),
-        ("B1w", "overhead: 1 PNG 1024x1024, warm (clients reused)", ours_warm, floor_warm),
+        ("B1", "overhead: 1 PNG 1024x1024 (clients built beforehand)", ours, base),
+        ("B1c", "overhead: 1 PNG 1024x1024, client creation included", ours_cold, base_cold),
+        ("B1r", f"overhead: as B1 with {REALISTIC_LATENCY:g} s API latency", ours_slow, base_slow),
     ):
         ratio = median(o) / median(f)
         figures.append(

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_ID = "imagegen_daily_content"
 TASK_ID = "generate_images"
+TRIGGER_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
 N_IMAGES = 2
 API_LATENCY = 3.0
 """Seconds the emulator takes per generation call: the task stays deferred at least this long."""
@@ -120,6 +121,7 @@ def test_deferrable_run_in_a_real_deployment(
     bucket = f"imagegen-deploy-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     emulator.configure(latency=API_LATENCY)
+    emulator.reset(clear_images=True)  # the session's emulator: only this run's images from here on
 
     deployment.migrate()
     deployment.start_api_server()
@@ -162,11 +164,14 @@ def test_deferrable_run_in_a_real_deployment(
         # -- wait for it, watching generate_images' states ----------------------------------------------
         run_url = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
         seen_states: list[str | None] = []
+        seen_triggers: list[dict[str, Any]] = []
 
         def finished() -> str | None:
             ti = client.get(f"{run_url}/taskInstances/{TASK_ID}").json()
             if not seen_states or seen_states[-1] != ti.get("state"):
                 seen_states.append(ti.get("state"))
+            if ti.get("state") == "deferred" and ti.get("trigger"):
+                seen_triggers.append(ti["trigger"])
             state = client.get(run_url).json()["state"]
             return state if state in ("success", "failed") else None
 
@@ -198,9 +203,8 @@ def test_deferrable_run_in_a_real_deployment(
     worker_log, trigger_log = _task_logs(deployment, run_id)
     assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
     assert f"trigger {DAG_ID}/{run_id}/{TASK_ID}/-1/1 (ID" in trigger_log, "the triggerer never started the trigger"
-    assert '"logger":"airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"' in trigger_log, (
-        "the trigger that ran in the triggerer is not ImageGenTrigger"
-    )
+    assert seen_triggers, f"the REST API never showed {TASK_ID}'s trigger while it was deferred"
+    assert {trigger["classpath"] for trigger in seen_triggers} == {TRIGGER_CLASSPATH}
     assert "Trigger fired event" in trigger_log
     assert "'status': 'success'" in trigger_log
     generations = emulator.state.generation_calls()

@@ -49,6 +49,11 @@ class Screenshots:
         return path
 
 
+def _field(name: str) -> str:
+    """CSS selector of a standard connection field (Airflow 3.2 names the schema input ``url_schema``)."""
+    return "[name='schema'], [name='url_schema']" if name == "schema" else f"[name='{name}']"
+
+
 def _toast(page: Any, text: str) -> Any:
     """The toast (``role=status``) that contains ``text``."""
     return page.get_by_role("status").filter(has_text=text)
@@ -128,7 +133,7 @@ def test_imagegen_connection_in_the_browser(
     conn_type_box.fill("Generic")
     page.get_by_role("option", name="Generic", exact=True).click()
     for name in ("host", "login", "password", "port", "schema"):
-        expect(dialog.locator(f"[name='{name}']")).to_have_count(1)
+        expect(dialog.locator(_field(name))).to_have_count(1)
 
     # -- the GPT Image 2 form ---------------------------------------------------------------------
     conn_type_box.fill(conn_type["hook-name"])
@@ -144,7 +149,7 @@ def test_imagegen_connection_in_the_browser(
     expect(api_key).to_have_attribute("type", "password")
     expect(api_key).to_have_attribute("placeholder", placeholders["password"])
     for hidden in behaviour["hidden-fields"]:  # login, schema, port
-        expect(dialog.locator(f"[name='{hidden}']")).to_have_count(0)
+        expect(dialog.locator(_field(hidden))).to_have_count(0)
     for label in ("Host", "Login", "Password", "Port", "Schema"):
         expect(dialog.get_by_label(label, exact=True)).to_have_count(0)
     shot("add-form-standard-fields")
