@@ -23,6 +23,7 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagegen.exceptions import ImageGenStorageError
 from airflow_provider_imagegen.transfer import CopiedImage, full_object_sha256, storage_error
 
 if TYPE_CHECKING:
@@ -206,6 +207,28 @@ def write_manifest(
     """
     _put_json(s3_client, bucket, manifest_key(prefix), manifest, extra_args)
     _delete(s3_client, bucket, pending_key(prefix))
+
+
+def records_present(s3_client: Any, bucket: str, prefix: str) -> frozenset[str] | None:
+    """Which of ``manifest.json`` and ``_pending.json`` exist under ``prefix``, in one LIST call.
+
+    A fresh run then costs one request instead of two failed GETs. None when listing is denied
+    (a role without ``s3:ListBucket``): the caller then reads both records directly. A missing
+    bucket raises a permanent :class:`ImageGenStorageError`, before anything is generated.
+    """
+    try:
+        listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/", Delimiter="/")
+    except Exception as error:
+        code = _error_code(error)
+        if code in ("AccessDenied", "403"):
+            return None
+        if code == "NoSuchBucket":
+            raise ImageGenStorageError(
+                f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)", permanent=True
+            ) from error
+        raise storage_error(error, bucket, f"{prefix}/", action="listing of") from error
+    names = {item["Key"].rsplit("/", 1)[-1] for item in listing.get("Contents", [])}
+    return frozenset(names & {MANIFEST_NAME, PENDING_NAME})
 
 
 def load_manifest(s3_client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:

@@ -118,7 +118,8 @@ class VerifyingReader:
             self._accept(chunk)
         if size < 0:
             size = len(self._buffer)
-        data = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
+            data = bytes(view[:size])
         del self._buffer[:size]
         return data
 

@@ -74,8 +74,9 @@ async def _main(args: dict[str, Any]) -> dict[str, Any]:
 
     import httpx
 
+    from airflow_provider_imagegen.hooks._client import shared_ssl_context
     from airflow_provider_imagegen.models import ImageGenerationRequest
-    from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger, shared_ssl_context
+    from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger
 
     body = ImageGenerationRequest(prompt="one prompt for every trigger", quality="low").to_json()
 

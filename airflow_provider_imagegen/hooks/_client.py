@@ -6,11 +6,13 @@ or an Airflow connection, and shared by the sync path (the hook) and the async o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import math
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ from airflow_provider_imagegen.exceptions import (
 )
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterator, Mapping
 
 DEFAULT_BASE_URL = "https://api.highwayapi.ai"
@@ -319,3 +322,23 @@ class ImageStream:
         received = self.response.num_bytes_downloaded if encoding not in ("", "identity") else self.bytes_read
         if declared is not None and received != declared:
             raise ImageGenDownloadError(f"Image body cut short: {received} of {declared} bytes")
+
+
+_SSL_CONTEXT: ssl.SSLContext | None = None
+_SSL_CONTEXT_LOCK = threading.Lock()
+
+
+def _build_ssl_context() -> ssl.SSLContext:
+    """The process-wide TLS context (certifi roots), built once: loading the roots takes ~40 ms."""
+    global _SSL_CONTEXT
+    with _SSL_CONTEXT_LOCK:
+        if _SSL_CONTEXT is None:
+            _SSL_CONTEXT = httpx.create_ssl_context()
+        return _SSL_CONTEXT
+
+
+async def shared_ssl_context() -> ssl.SSLContext:
+    """The process-wide TLS context, built off the event loop the first time."""
+    if _SSL_CONTEXT is not None:
+        return _SSL_CONTEXT
+    return await asyncio.to_thread(_build_ssl_context)

@@ -29,6 +29,7 @@ from airflow_provider_imagegen.hooks._client import (
     parse_image_urls,
     raise_for_status,
     settings_from_connection,
+    shared_ssl_context,
     translate_transport_error,
 )
 from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
@@ -84,6 +85,7 @@ class ImageGenHook(BaseHook):
         self._transport = transport
         self._async_transport = async_transport
         self._settings: ConnectionSettings | None = None
+        self._aclient: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(imagegen_conn_id={self.imagegen_conn_id!r})"
@@ -101,30 +103,50 @@ class ImageGenHook(BaseHook):
             from dataclasses import replace
 
             settings = replace(settings, **overrides)
-        self._mask(settings.api_key)
         return settings
-
-    @staticmethod
-    def _mask(api_key: str) -> None:
-        try:
-            from airflow.sdk.log import mask_secret
-        except ImportError:  # pragma: no cover - older SDKs
-            return
-        mask_secret(api_key)
 
     @property
     def settings(self) -> ConnectionSettings:
         """The connection's settings, read once (sync)."""
         if self._settings is None:
-            self._settings = self._settings_from(self.get_connection(self.imagegen_conn_id))
+            settings = self._settings_from(self.get_connection(self.imagegen_conn_id))
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(settings.api_key)
+            self._settings = settings
         return self._settings
 
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read once with the async connection API (for triggers)."""
         if self._settings is None:
-            conn = await self.aget_connection(self.imagegen_conn_id)
-            self._settings = self._settings_from(conn)
+            settings = self._settings_from(await self.aget_connection(self.imagegen_conn_id))
+            await _amask_secret(settings.api_key)
+            self._settings = settings
         return self._settings
+
+    async def aclient(self) -> httpx.AsyncClient:
+        """One pooled async client per hook, built without blocking the event loop (for triggers).
+
+        Its TLS context is shared by the whole process: loading the CA roots takes tens of
+        milliseconds, which would stall every other trigger in the loop if done per request.
+        """
+        if self._aclient is None:
+            settings = await self.asettings()
+            verify: Any = True if self._async_transport else await shared_ssl_context()
+            self._aclient = httpx.AsyncClient(
+                timeout=settings.httpx_timeout,
+                headers={"User-Agent": USER_AGENT},
+                transport=self._async_transport,
+                verify=verify,
+                follow_redirects=False,
+            )
+        return self._aclient
+
+    async def aclose(self) -> None:
+        """Close the async client, if one was opened."""
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
 
     def get_conn(self) -> httpx.Client:
         """The pooled HTTP client (one per hook)."""
@@ -254,23 +276,18 @@ class ImageGenHook(BaseHook):
         """Send an already validated request from an event loop, with retries."""
         settings, started = await self.asettings(), time.monotonic()
         retrying = tenacity.AsyncRetrying(**self.policy.tenacity_kwargs(self._log_retry))
-        async with httpx.AsyncClient(
-            timeout=settings.httpx_timeout,
-            headers={"User-Agent": USER_AGENT},
-            transport=self._async_transport,
-            follow_redirects=False,
-        ) as client:
+        client = await self.aclient()
 
-            async def post_once() -> tuple[list[str], str | None]:
-                try:
-                    response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
-                except httpx.TransportError as error:
-                    raise translate_transport_error(error, secret=settings.api_key) from None
-                raise_for_status(response, settings.api_key)
-                return parse_image_urls(response), response.headers.get("x-request-id")
+        async def post_once() -> tuple[list[str], str | None]:
+            try:
+                response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
+            except httpx.TransportError as error:
+                raise translate_transport_error(error, secret=settings.api_key) from None
+            raise_for_status(response, settings.api_key)
+            return parse_image_urls(response), response.headers.get("x-request-id")
 
-            outcome: tuple[list[str], str | None] = await retrying(post_once)
-            urls, request_id = outcome
+        outcome: tuple[list[str], str | None] = await retrying(post_once)
+        urls, request_id = outcome
         return ImageGenerationResult(
             image_urls=urls,
             request=request,
@@ -352,3 +369,15 @@ class ImageGenHook(BaseHook):
         except ImageGenError as error:
             return False, str(error)
         return False, f"{settings.url} accepted an invalid request; is this the GPT Image 2 endpoint?"
+
+
+async def _amask_secret(secret: str) -> None:
+    """Register the key with the masker from an event loop (the sync call can deadlock there)."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # Airflow < 3.3
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+        return
+    await amask_secret(secret)

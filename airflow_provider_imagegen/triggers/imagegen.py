@@ -5,11 +5,11 @@ connection with the async API, sends each request on the hook's async path with 
 concurrency, and fires one small JSON event: per prompt either its image URLs or its error,
 with the error's class kept so that a permanent error stays permanent on the worker.
 
-Nothing here blocks the triggerer's event loop: one HTTP connection pool is opened per trigger
-run (sharing one TLS context per process, built in a worker thread the first time; building it
-costs tens of milliseconds), the connection comes from ``aget_connection``, and every request is
-awaited. Cancelling ``run()`` (trigger timeout, triggerer shutdown, the task being killed)
-cancels the requests in flight and closes the pool.
+Nothing here blocks the triggerer's event loop: the hook's async client is one connection pool
+per trigger run, sharing one TLS context per process (built in a worker thread the first time),
+the connection comes from ``aget_connection``, and every request is awaited. Cancelling
+``run()`` (trigger timeout, triggerer shutdown, the task being killed) cancels the requests in
+flight and closes the pool.
 
 Trade-off: the API is synchronous, so a triggerer restart mid-request sends that request again
 (and it may be billed twice). The worker-side retry safety (manifest, recorded URLs) still holds.
@@ -18,10 +18,8 @@ Trade-off: the API is synchronous, so a triggerer restart mid-request sends that
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_imagegen import exceptions
@@ -32,46 +30,7 @@ from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
 from airflow_provider_imagegen.models import ImageGenerationRequest
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import AsyncIterator
-
-_SSL_CONTEXT: ssl.SSLContext | None = None
-_SSL_CONTEXT_LOCK = threading.Lock()
-
-
-def _build_ssl_context() -> ssl.SSLContext:
-    """The process-wide TLS context (certifi roots), built once: loading the roots takes ~40 ms."""
-    global _SSL_CONTEXT
-    with _SSL_CONTEXT_LOCK:
-        if _SSL_CONTEXT is None:
-            _SSL_CONTEXT = httpx.create_ssl_context()
-        return _SSL_CONTEXT
-
-
-async def shared_ssl_context() -> ssl.SSLContext:
-    """The process-wide TLS context, built off the event loop the first time."""
-    if _SSL_CONTEXT is not None:
-        return _SSL_CONTEXT
-    return await asyncio.to_thread(_build_ssl_context)
-
-
-class _SharedTransport(httpx.AsyncBaseTransport):
-    """Lends one connection pool to the hook's short-lived clients; only its owner closes the pool.
-
-    ``httpx.AsyncClient`` closes its transport on exit; the hook opens one client per request, so
-    without this wrapper every request would build (and then close) its own pool and TLS context.
-    """
-
-    def __init__(self, pool: httpx.AsyncHTTPTransport) -> None:
-        self.pool = pool
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send through the shared pool."""
-        return await self.pool.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        """A borrowing client is done: keep the pool open for the other requests."""
-
 
 class ImageGenTrigger(BaseTrigger):
     """Generate images for one or more prompts in the triggerer.
@@ -103,19 +62,16 @@ class ImageGenTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self, transport: httpx.AsyncBaseTransport) -> ImageGenHook:
-        return ImageGenHook(self.imagegen_conn_id, async_transport=transport)
+    def _hook(self) -> ImageGenHook:
+        return ImageGenHook(self.imagegen_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Send every request (bounded), then yield one event with every prompt's outcome."""
-        pool = httpx.AsyncHTTPTransport(
-            verify=await shared_ssl_context(),
-            limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
-        )
+        hook = self._hook()
         try:
-            results = await self._generate_all(self._hook(_SharedTransport(pool)))
+            results = await self._generate_all(hook)
         finally:
-            await pool.aclose()
+            await hook.aclose()
         yield TriggerEvent({"results": results})
 
     async def _generate_all(self, hook: ImageGenHook) -> dict[str, dict[str, Any]]:

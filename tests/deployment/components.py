@@ -326,6 +326,25 @@ class AirflowDeployment:
                             found.add((conn.laddr.ip, conn.laddr.port))
         return found
 
+    def processes_report(self) -> str:
+        """Every live process of the deployment with its command and open TCP connections (for hangs)."""
+        import psutil
+
+        lines = []
+        for component in self.components:
+            if component.process is None or component.process.poll() is not None:
+                continue
+            for process in [psutil.Process(component.pid), *_descendants(component.pid)]:
+                with contextlib.suppress(psutil.Error):
+                    command = " ".join(process.cmdline())[:120]
+                    peers = sorted(
+                        f"{conn.laddr.port}->{conn.raddr.ip}:{conn.raddr.port} {conn.status}"
+                        for conn in process.net_connections(kind="inet")
+                        if conn.raddr
+                    )
+                    lines.append(f"{process.pid} [{component.name}] {command}: {', '.join(peers) or '-'}")
+        return "\n".join(lines)
+
     def logs(self) -> str:
         """Every component's log tail, for failure messages."""
         timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())

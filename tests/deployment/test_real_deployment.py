@@ -74,7 +74,11 @@ def deployment(
         yield deployment
     finally:
         if call_failed(request):
-            print(f"\nAirflow home: {deployment.home}\n{deployment.logs()}")
+            calls = [(c.method, c.path[:40], c.status, round(c.duration, 2)) for c in emulator.state.calls]
+            print(
+                f"\nAirflow home: {deployment.home}\nemulator calls: {calls}\n"
+                f"processes:\n{deployment.processes_report()}\n{deployment.logs()}"
+            )
         deployment.stop()
 
 

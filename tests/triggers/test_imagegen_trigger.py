@@ -323,19 +323,6 @@ class _RecordingClient(httpx.AsyncClient):
         _RecordingClient.instances.append(self)
 
 
-class _RecordingPool(httpx.AsyncHTTPTransport):
-    instances: list[_RecordingPool] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.closed = False
-        _RecordingPool.instances.append(self)
-
-    async def aclose(self) -> None:
-        self.closed = True
-        await super().aclose()
-
-
 def _wait_for(condition, what: str, timeout: float = 20.0) -> None:
     """Poll a condition (not a fixed sleep), failing clearly if it never holds."""
     deadline = time.monotonic() + timeout
@@ -345,9 +332,8 @@ def _wait_for(condition, what: str, timeout: float = 20.0) -> None:
 
 
 def test_cancellation_mid_request_cleans_up(emulator, imagegen_conn, monkeypatch):
-    _RecordingClient.instances, _RecordingPool.instances = [], []
+    _RecordingClient.instances = []
     monkeypatch.setattr(httpx, "AsyncClient", _RecordingClient)
-    monkeypatch.setattr(httpx, "AsyncHTTPTransport", _RecordingPool)
     emulator.configure(latency=1.5)
     trigger = ImageGenTrigger(imagegen_conn, _bodies("a", "b", "c"), max_concurrency=2)
 
@@ -375,23 +361,20 @@ def test_cancellation_mid_request_cleans_up(emulator, imagegen_conn, monkeypatch
 
     assert still_waiting_server_side == 2  # cancelled mid-request, not waited out
     assert loop_errors == []
-    assert len(_RecordingClient.instances) == 2
+    assert len(_RecordingClient.instances) == 1  # one pooled client per trigger run
     assert all(client.is_closed for client in _RecordingClient.instances)
-    assert len(_RecordingPool.instances) == 1
-    assert _RecordingPool.instances[0].closed
     assert len(emulator.state.generation_calls()) == 2  # the third prompt was never sent
 
 
 def test_client_and_pool_are_closed_after_a_normal_run(emulator, imagegen_conn, monkeypatch):
-    _RecordingClient.instances, _RecordingPool.instances = [], []
+    _RecordingClient.instances = []
     monkeypatch.setattr(httpx, "AsyncClient", _RecordingClient)
-    monkeypatch.setattr(httpx, "AsyncHTTPTransport", _RecordingPool)
     payload = _run(ImageGenTrigger(imagegen_conn, _bodies("a", "b")))
 
     assert [o["status"] for o in payload["results"].values()] == ["success", "success"]
     assert _RecordingClient.instances
+    assert len(_RecordingClient.instances) == 1  # one pool for every prompt of the run
     assert all(client.is_closed for client in _RecordingClient.instances)
-    assert [pool.closed for pool in _RecordingPool.instances] == [True]
 
 
 # -- Airflow 3.3's BaseTrigger -------------------------------------------------------------------

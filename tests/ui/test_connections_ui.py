@@ -67,7 +67,7 @@ def _press_test(page: Any, shot: Screenshots) -> dict[str, Any]:
     API by treating port 0 as "no port". On an Airflow with that bug this records what the user sees,
     then normalises the port in the browser's request the way the upstream fix does, and tests again.
     """
-    from playwright.sync_api import Route
+    from playwright.sync_api import Route, expect
 
     row = page.get_by_role("row").filter(has_text=CONN_ID)
     with page.expect_response("**/api/v2/connections/test") as answer:
@@ -76,6 +76,7 @@ def _press_test(page: Any, shot: Screenshots) -> dict[str, Any]:
     if response.status == 400 and UPSTREAM_PORT_BUG in response.text():
         sent = json.loads(response.request.post_data or "{}")
         assert sent.get("port") == 0, f"An unexpected 400 from the connection test: {response.text()}"
+        expect(_toast(page, "Test Connection Failed").filter(has_text="Bad Request")).to_be_visible()
         shot("test-airflow-bug-73298")
         warnings.warn(
             "Airflow's UI cannot test a saved connection without a port (apache/airflow#73298, "
