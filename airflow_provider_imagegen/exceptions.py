@@ -56,7 +56,17 @@ __all__ = [
 ]
 
 _MAX_MESSAGE_CHARS = 500
-_CONTENT_POLICY_MARKERS = ("content_policy", "content policy", "moderation", "safety", "policy_violation")
+# Where a 400 is a refusal of the prompt. Not the bare word "moderation": it is also a request
+# field, so an ordinary validation error about it (or a list of allowed fields) would match.
+_CONTENT_POLICY_CODES = ("content_policy", "policy_violation", "moderation_blocked", "safety")
+_CONTENT_POLICY_PHRASES = (
+    "content policy",
+    "content_policy",
+    "safety system",
+    "policy violation",
+    "by moderation",
+    "moderation system",
+)
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
 
@@ -257,7 +267,8 @@ def error_from_response(response: httpx.Response, *, secret: str | None = None) 
         )
     if status in (408, 409) or status >= 500:
         return ImageGenServerError(f"The image API failed: {message}", **kwargs)
-    haystack = f"{code or ''} {message}".lower()
-    if any(marker in haystack for marker in _CONTENT_POLICY_MARKERS):
+    if any(marker in (code or "").lower() for marker in _CONTENT_POLICY_CODES) or any(
+        phrase in message.lower() for phrase in _CONTENT_POLICY_PHRASES
+    ):
         return ImageGenContentPolicyError(f"The prompt was refused by content moderation: {message}", **kwargs)
     return ImageGenBadRequestError(f"The image API rejected the request: {message}", **kwargs)

@@ -299,12 +299,13 @@ class ImageStream:
         value = self.response.headers.get("content-length")
         return int(value) if value and value.isdigit() else None
 
-    def iter_bytes(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """Yield the body in chunks, enforcing the cap and deadline; errors become download errors."""
         declared = self.content_length
         if declared is not None and declared > self.max_bytes:
             raise ImageGenDownloadError(f"Image is {declared} bytes, above the cap of {self.max_bytes}")
         try:
+            # as they arrive (not re-chunked): a trickling body must meet the deadline check early
             for chunk in self.response.iter_bytes(chunk_size):
                 self.bytes_read += len(chunk)
                 if self.bytes_read > self.max_bytes:

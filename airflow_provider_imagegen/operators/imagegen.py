@@ -461,7 +461,11 @@ class ImageGenToS3Operator(BaseOperator):
             generation_seconds=info.get("generation_seconds"),
             request_id=info.get("request_id"),
         )
-        write_manifest(self.s3_client, self.s3_bucket, job.prefix, manifest, self._upload_args)
+        try:
+            write_manifest(self.s3_client, self.s3_bucket, job.prefix, manifest, self._upload_args)
+        except Exception:
+            self._discard(images)  # no manifest vouches for them: leave no image under a final key
+            raise
         total = sum(image.size_bytes for image in images)
         self.log.info(
             "Prompt %d: %d image(s), %.1f MB, copied and verified in %.1f s; manifest s3://%s/%s/manifest.json",

@@ -5,7 +5,8 @@ own session (process group) with its output in a log file, against a fresh ``AIR
 SQLite. The environment is built from scratch for Airflow: nothing ``AIRFLOW__*``/``AIRFLOW_CONN_*``
 of the test process leaks in (``tests/conftest.py`` sets unit-test settings there), proxies are
 dropped, and every address is ``127.0.0.1``. :meth:`AirflowDeployment.stop` ends every process it
-started, children included, also when a test fails.
+started (their process groups, by id, and any descendant that outlived its group), also when a test
+fails.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Component:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _descendants: list[Any] = field(default_factory=list, repr=False)
 
     def start(self, env: Mapping[str, str], cwd: Path) -> None:
         """Start the process (``start_new_session``: a process group of its own)."""
@@ -136,20 +138,23 @@ class Component:
         """The last ``lines`` lines of the log."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM the process group, then SIGKILL it (and any stray descendant) after ``timeout``."""
-        if self.process is None:
+    def terminate(self) -> None:
+        """SIGTERM the process group, remembering its descendants (to kill any that outlive it)."""
+        if self.process is None or self.process.poll() is not None:
             return
-        descendants = _descendants(self.process.pid)
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+        self._descendants = _descendants(self.process.pid)
+        _signal_group(self.process.pid, signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the process until ``deadline`` (monotonic), then SIGKILL its group; then kill stray descendants."""
+        if self.process is not None:
             try:
-                self.process.wait(timeout=timeout)
+                self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=timeout)
-        _signal_group(self.process.pid, signal.SIGKILL)  # leftovers of the group (workers, supervisors)
-        _kill_survivors(descendants)
+                self.process.wait(timeout=STOP_TIMEOUT)
+        _kill_survivors(self._descendants)
+        self._descendants = []
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -355,12 +360,18 @@ class AirflowDeployment:
         )
 
     def stop(self) -> None:
-        """Stop every component (reverse start order), whatever state they are in."""
+        """Stop every component, whatever state it is in: SIGTERM all at once, SIGKILL what is left."""
         errors = []
-        for component in reversed(self.components):
+        for component in self.components:
             try:
-                component.stop()
+                component.terminate()
             except Exception as error:  # keep stopping the others
+                errors.append(f"{component.name}: {error!r}")
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for component in self.components:
+            try:
+                component.wait_or_kill(deadline)
+            except Exception as error:
                 errors.append(f"{component.name}: {error!r}")
         if errors:
             raise RuntimeError("Could not stop every Airflow component: " + "; ".join(errors))

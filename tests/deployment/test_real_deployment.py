@@ -40,8 +40,13 @@ DAG_ID = "imagegen_daily_content"
 TASK_ID = "generate_images"
 TRIGGER_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
 N_IMAGES = 2
-API_LATENCY = 3.0
-"""Seconds the emulator takes per generation call: the task stays deferred at least this long."""
+API_LATENCY = 8.0
+"""Seconds the emulator takes per generation call: the task stays deferred at least this long.
+
+Long enough for the scheduler to handle the worker's exit on deferral before the trigger fires: a
+trigger that fires first can make Airflow fail the resumed try (apache/airflow#66374 in 3.2.0, and
+the variant #72716 in 3.3.x). Real image generation takes longer than this anyway.
+"""
 DAG_FILE_TIMEOUT = 120.0
 COMPONENTS_READY_TIMEOUT = 120.0
 DAG_PARSED_TIMEOUT = 120.0
@@ -203,7 +208,11 @@ def test_deferrable_run_in_a_real_deployment(
 
     # -- the trigger ran in the triggerer ------------------------------------------------------------
     assert "deferred" in seen_states, f"{TASK_ID} never showed as deferred: {seen_states}"
-    assert generate["try_number"] == 1, "the deferral must resume the same try, not retry the task"
+    scheduler_log = next(c for c in deployment.components if c.name == "scheduler").log_text()
+    race = "finished with state success, but the task instance's state" in scheduler_log
+    assert generate["try_number"] == 1, "the deferral must resume the same try, not retry the task" + (
+        " (the scheduler log shows Airflow's defer/trigger race, apache/airflow#66374 / #72716)" if race else ""
+    )
     worker_log, trigger_log = _task_logs(deployment, run_id)
     assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
     assert f"trigger {DAG_ID}/{run_id}/{TASK_ID}/-1/1 (ID" in trigger_log, "the triggerer never started the trigger"
