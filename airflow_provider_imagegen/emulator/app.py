@@ -291,8 +291,18 @@ class RecordingMiddleware:
         request_id = "req_" + secrets.token_hex(12)
         body_parts: list[bytes] = []
         status = [500]
-        progress = {"started": False, "completed": False}
+        progress = {"started": False, "completed": False, "recorded": False}
         started_at = time.monotonic()
+
+        def finish() -> None:
+            # Once only, and before the last byte leaves: a client that has the whole answer
+            # must already find the call recorded and the in-flight gauge released.
+            if progress["recorded"]:
+                return
+            progress["recorded"] = True
+            if kind:
+                self.state.leave(kind)
+            self.state.record(_recorded_call(scope, body_parts, status[0], started_at, self.state.config.api_key))
 
         async def receive_recording() -> Message:
             message = await receive()
@@ -307,6 +317,7 @@ class RecordingMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 progress["completed"] = True
+                finish()
             await send(message)
 
         if kind:
@@ -314,12 +325,10 @@ class RecordingMiddleware:
         try:
             await self.app(scope, receive_recording, send_recording)
         finally:
-            if kind:
-                self.state.leave(kind)
             if progress["started"] and not progress["completed"] and self.state.config.truncate_bodies:
                 # Same task as the server's run_asgi: lets the log filter recognise our truncation.
                 _deliberately_truncated.set(True)
-            self.state.record(_recorded_call(scope, body_parts, status[0], started_at, self.state.config.api_key))
+            finish()
 
 
 def _gauge_kind(method: str, path: str) -> str | None:
