@@ -203,7 +203,7 @@ def test_imagegen_connection_in_the_browser(
     assert stored["password"], "the API key was not saved"
 
     # -- Test: success ----------------------------------------------------------------------------
-    emulator.reset()
+    emulator.reset(clear_images=True)  # the emulator is shared by the session: start from no images
     verdict = _press_test(page, shot)
     success = _toast(page, "Test Connection Successful")
     expect(success).to_be_visible()
