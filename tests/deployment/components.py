@@ -174,6 +174,12 @@ def _descendants(pid: int) -> list[Any]:
         return []
 
 
+def _connections(process: Any) -> list[Any]:
+    """A process's inet sockets (``net_connections`` since psutil 6, ``connections`` before)."""
+    method = getattr(process, "net_connections", None) or process.connections
+    return list(method(kind="inet"))
+
+
 def _kill_survivors(processes: list[Any]) -> None:
     import psutil
 
@@ -326,7 +332,7 @@ class AirflowDeployment:
                 continue
             for process in [psutil.Process(component.pid), *_descendants(component.pid)]:
                 with contextlib.suppress(psutil.Error):
-                    for conn in process.net_connections(kind="inet"):
+                    for conn in _connections(process):
                         if conn.status == psutil.CONN_LISTEN:
                             found.add((conn.laddr.ip, conn.laddr.port))
         return found
@@ -344,7 +350,7 @@ class AirflowDeployment:
                     command = " ".join(process.cmdline())[:120]
                     peers = sorted(
                         f"{conn.laddr.port}->{conn.raddr.ip}:{conn.raddr.port} {conn.status}"
-                        for conn in process.net_connections(kind="inet")
+                        for conn in _connections(process)
                         if conn.raddr
                     )
                     lines.append(f"{process.pid} [{component.name}] {command}: {', '.join(peers) or '-'}")

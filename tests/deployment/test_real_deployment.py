@@ -218,6 +218,8 @@ def test_deferrable_run_in_a_real_deployment(
     assert f"trigger {DAG_ID}/{run_id}/{TASK_ID}/-1/1 (ID" in trigger_log, "the triggerer never started the trigger"
     assert seen_triggers, f"the REST API never showed {TASK_ID}'s trigger while it was deferred"
     assert {trigger["classpath"] for trigger in seen_triggers} == {TRIGGER_CLASSPATH}
+    assert emulator.api_key not in json.dumps(seen_triggers), "the serialised trigger carries the API key"
+    assert emulator.api_key not in worker_log + trigger_log, "the API key leaked into the task or trigger log"
     assert "Trigger fired event" in trigger_log
     assert "'status': 'success'" in trigger_log
     generations = emulator.state.generation_calls()

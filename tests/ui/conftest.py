@@ -58,8 +58,10 @@ def chromium() -> Path:
 
 @pytest.fixture
 def artifacts() -> Path:
-    """``test-artifacts/ui/`` (git-ignored): screenshots of every step (overwritten by the next run)."""
+    """``test-artifacts/ui/`` (git-ignored), emptied of older screenshots: one PNG per step of this run."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink(missing_ok=True)
     return ARTIFACTS
 
 
@@ -72,17 +74,18 @@ def airflow_ui(
         tmp_path_factory.mktemp("airflow-ui-home"),
         extra_env={"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"},
     )
+    started = False
     try:
-        deployment.migrate()
-        deployment.start_api_server()
-        deployment.wait_api_ready()
-    except BaseException as error:
-        deployment.stop()
-        raise RuntimeError(f"The Airflow API server did not start: {error}\n{deployment.logs()}") from error
-    try:
+        try:
+            deployment.migrate()
+            deployment.start_api_server()
+            deployment.wait_api_ready()
+        except Exception as error:
+            raise RuntimeError(f"The Airflow API server did not start: {error}\n{deployment.logs()}") from error
+        started = True
         yield deployment
     finally:
-        if call_failed(request):
+        if started and call_failed(request):
             print(deployment.logs(), file=sys.stderr)
         deployment.stop()
 
