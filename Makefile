@@ -13,6 +13,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 MIN_AIRFLOW := 3.2.0
 MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
+# Airflow 3.2.0's API server breaks with newer fastapi/cadwyn releases than it was built with.
+MIN_CONSTRAINTS := "fastapi>=0.129,<0.141" "cadwyn<8" "starlette<1"
 
 .PHONY: install lint typecheck unit test test-min demo bench clean
 
@@ -30,7 +32,7 @@ $(MIN_STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
 	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet -o $(MIN_VENV)/dev-requirements.txt
 	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
-		-r $(MIN_VENV)/dev-requirements.txt
+		-r $(MIN_VENV)/dev-requirements.txt $(MIN_CONSTRAINTS)
 	touch $(MIN_STAMP)
 
 lint: install

@@ -277,8 +277,12 @@ class ImageGenToS3Operator(BaseOperator):
         return list(prompts)
 
     def _prepare(self) -> None:
-        """Build the clients in this thread, not racing in the copy threads."""
-        _ = self.hook, self.s3_client, self._upload_args
+        """Read the connections and build the clients in this thread, before any copy thread starts.
+
+        Connection lookups talk to the task supervisor, and older task SDKs (1.2) can hang when
+        two threads do that at once.
+        """
+        _ = self.hook.settings, self.s3_client, self._upload_args
 
     def _close(self) -> None:
         if "hook" in self.__dict__:
