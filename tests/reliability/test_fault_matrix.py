@@ -116,6 +116,13 @@ FAULTS = [
         message=r"refused the API key.*HTTP 401",
     ),
     Fault(
+        "403 key not allowed (e.g. revoked or without access to the model)",
+        knobs={"server_errors": 1, "server_error_status": 403},
+        error=AirflowFailException,
+        cause=ImageGenAuthenticationError,
+        message=r"refused the API key.*HTTP 403",
+    ),
+    Fault(
         "404 wrong endpoint",
         conn={"extra": {"endpoint": "/v3/no-such-model"}},
         error=AirflowFailException,
