@@ -160,6 +160,13 @@ FAULTS = [
         calls=1 + MAX_RETRIES,
     ),
     Fault(
+        "connection reset by the server mid-request",
+        setup="resetting_server",
+        error=ImageGenConnectionError,
+        message=r"Could not talk to the image API",
+        calls=0,
+    ),
+    Fault(
         "connection refused",
         setup="closed_port",
         error=ImageGenConnectionError,
@@ -352,6 +359,9 @@ def _special_setup(row: Fault, *, monkeypatch, until_retry, set_imagegen_conn) -
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         set_imagegen_conn(host=f"http://127.0.0.1:{port}", extra={"max_retries": MAX_RETRIES})
+    elif row.setup == "resetting_server":
+        port = _start_resetting_server(connections=1 + MAX_RETRIES)
+        set_imagegen_conn(host=f"http://127.0.0.1:{port}", extra={"max_retries": MAX_RETRIES})
     elif row.setup == "missing_bucket":
         return {"s3_bucket": "imagegen-no-such-bucket", "real_s3_client": True}
     elif row.setup == "kill_before_manifest":
@@ -446,3 +456,30 @@ def test_fault_matrix(row: Fault, make_op, set_imagegen_conn, emulator, s3, s3_b
         assert multipart_uploads(s3, bucket) == []
     if row.max_seconds is not None:
         assert elapsed <= row.max_seconds, f"the failure took {elapsed:.1f} s"
+
+
+def _start_resetting_server(connections: int) -> int:
+    """A loopback server that reads each request and answers with a TCP reset (bounded, self-stopping)."""
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(connections)
+    listener.settimeout(20)
+
+    def serve() -> None:
+        with listener:
+            for _ in range(connections):
+                try:
+                    conn, _addr = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    # linger 0: close() sends RST instead of FIN, as a crashing proxy would
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
