@@ -266,6 +266,17 @@ FAULTS = [
         retry=True,
     ),
     Fault(
+        "S3 fails mid-way through a multipart upload (4K image), then a new try",
+        knobs={"noise": True},
+        op={"size": "3840x2160", "n": 1},
+        setup="s3_part_error",
+        error=ImageGenStorageError,
+        message=r"InternalError",
+        left=frozenset({PENDING}),
+        images=1,
+        retry=True,
+    ),
+    Fault(
         "S3 access denied on upload",
         setup="s3_upload_denied",
         error=AirflowFailException,
@@ -332,6 +343,8 @@ def _prepare_operator(row: Fault, op: Any) -> None:
         from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
 
         op.__dict__["hook"] = ImageGenHook(op.imagegen_conn_id, download_deadline=0.5)
+    elif row.setup == "s3_part_error":
+        _fail_second_part_once(op.s3_client)
     elif row.setup == "s3_upload_error":
         op.__dict__["s3_client"] = FailingS3(op.s3_client, uploads=True, manifest=False, code="InternalError")
     elif row.setup == "s3_upload_denied":
@@ -483,3 +496,22 @@ def _start_resetting_server(connections: int) -> int:
 
     threading.Thread(target=serve, daemon=True).start()
     return listener.getsockname()[1]
+
+
+def _fail_second_part_once(client: Any) -> None:
+    """Make the second UploadPart of the next multipart upload fail with a 500, once.
+
+    A real mid-upload fault: boto3 has already sent a part when it happens, so the upload must
+    be aborted (the row checks that no multipart upload is left) and nothing may appear.
+    """
+    from botocore.exceptions import ClientError
+
+    parts = [0]
+
+    def before_send(**kwargs: Any) -> None:
+        parts[0] += 1
+        if parts[0] == 2:
+            client.meta.events.unregister("before-send.s3.UploadPart", before_send)
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected mid-upload"}}, "UploadPart")
+
+    client.meta.events.register("before-send.s3.UploadPart", before_send)
