@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_imagegen.emulator import Emulator
 
-pytestmark = pytest.mark.e2e  # TODO: pytest.mark.ui once `ui` is registered in pyproject's markers
+pytestmark = pytest.mark.ui
 
 CONN_ID = "imagegen_ui"
 WRONG_KEY = "not-the-emulator-key"
