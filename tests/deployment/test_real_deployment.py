@@ -7,6 +7,15 @@ API with ``[operators] default_deferrable`` on, so ``generate_images`` hands the
 ``ImageGenTrigger`` in the triggerer: the trigger must serialise, be rebuilt in another process and
 fire, and the task must resume on a worker and land the images in S3 with the served bytes.
 
+The same deployment then checks the asset side: ``imagegen_asset_consumer`` (scheduled on
+``AssetAlias("imagegen_images")``) is unpaused before the producer runs, so the producer's asset
+events queue it; the scheduler must create one ``asset_triggered`` run of it whose
+``validate_new_images`` checks, from the triggering events, exactly the images the producer stored.
+The very first events do this: registering an event through the alias links the (new) asset to the
+alias and queues every unpaused DAG scheduled on the alias, and the scheduler expands the alias to
+its assets when it evaluates the schedule, so no re-parse of the consumer is needed. Between the
+two, the scheduler is restarted with job schedule on (see :func:`_restart_scheduler`).
+
 LocalExecutor with SQLite is accepted by Airflow 3 (``airflow standalone`` does the same).
 """
 
@@ -28,7 +37,7 @@ from airflow_provider_imagegen.testing import connection_env
 from .components import AirflowDeployment, call_failed, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from airflow_provider_imagegen.emulator import Emulator
     from airflow_provider_imagegen.testing import LocalS3
@@ -38,6 +47,9 @@ pytestmark = pytest.mark.e2e
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_ID = "imagegen_daily_content"
 TASK_ID = "generate_images"
+CONSUMER_DAG_ID = "imagegen_asset_consumer"
+CONSUMER_TASK_ID = "validate_new_images"
+IMAGES_ALIAS = "imagegen_images"
 TRIGGER_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
 N_IMAGES = 2
 API_LATENCY = 8.0
@@ -51,7 +63,10 @@ DAG_FILE_TIMEOUT = 120.0
 COMPONENTS_READY_TIMEOUT = 120.0
 DAG_PARSED_TIMEOUT = 120.0
 RUN_TIMEOUT = 240.0
-TARGET_SECONDS = 180.0
+QUEUED_EVENTS_TIMEOUT = 60.0
+SCHEDULER_STOP_TIMEOUT = 30.0
+CONSUMER_RUN_TIMEOUT = 240.0
+TARGET_SECONDS = 200.0
 
 
 @pytest.fixture
@@ -68,7 +83,9 @@ def deployment(
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            # Only the run this test triggers: no cron run when the DAG is unpaused.
+            # Only the run this test triggers: no cron run when the DAG is unpaused. This also stops
+            # asset-triggered runs (see _restart_scheduler), so the scheduler is restarted with it on
+            # once the producer is paused again.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -98,11 +115,58 @@ def _healthy(client: Any) -> bool:
     return all(health[name]["status"] == "healthy" for name in ("scheduler", "triggerer", "dag_processor"))
 
 
-def _dag_parsed(client: Any) -> bool:
+def _dags_parsed(client: Any, *dag_ids: str) -> bool:
     errors = client.get("/api/v2/importErrors").json()["import_errors"]
-    ours = [error for error in errors if error["filename"].endswith(f"{DAG_ID}.py")]
-    assert not ours, f"{DAG_ID}.py does not import in the dag-processor:\n{ours[0]['stack_trace']}"
-    return client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200
+    for dag_id in dag_ids:
+        ours = [error for error in errors if error["filename"].endswith(f"{dag_id}.py")]
+        assert not ours, f"{dag_id}.py does not import in the dag-processor:\n{ours[0]['stack_trace']}"
+    return all(client.get(f"/api/v2/dags/{dag_id}").status_code == 200 for dag_id in dag_ids)
+
+
+def _xcom_return_value(client: Any, run_url: str, task_id: str) -> Any:
+    value = _api(client, "GET", f"{run_url}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _wait(
+    deployment: AirflowDeployment, check: Callable[[], Any], *, timeout: float, what: str, tails: tuple[str, ...]
+) -> Any:
+    """:func:`wait_until` (failing if a component dies), with the log tails of ``tails`` on a timeout."""
+    try:
+        return wait_until(check, timeout=timeout, what=what, interval=0.5, alive=deployment.check_alive)
+    except TimeoutError as error:
+        logs = "\n".join(
+            f"===== airflow {c.name}, last lines =====\n{c.log_tail(80)}"
+            for c in deployment.components
+            if c.name in tails
+        )
+        raise TimeoutError(f"{error}\n{logs}") from error
+
+
+def _restart_scheduler(deployment: AirflowDeployment, **env: str) -> None:
+    """Stop the scheduler, then start a new one with ``env`` added (``scheduler.log`` goes on).
+
+    Why: ``[scheduler] use_job_schedule = False`` makes the scheduler skip its whole "create DAG
+    runs" step (``SchedulerJobRunner._create_dagruns_for_dags``), asset-triggered runs included, not
+    only cron ones. The producer's asset events still queue the consumer (``AssetDagRunQueue`` rows,
+    written with the producer task's success), so the test runs the producer under a scheduler
+    without job schedule, pauses the producer (no cron run for it from here on), and lets a scheduler
+    with job schedule on turn the queued events into the consumer's run.
+    """
+    old = next(c for c in deployment.components if c.name == "scheduler")
+    old.terminate()
+    old.wait_or_kill(time.monotonic() + SCHEDULER_STOP_TIMEOUT)
+    deployment.components.remove(old)
+    deployment.extra_env = {**deployment.extra_env, **env}
+    with old.log_path.open("a") as log:
+        log.write(f"\n===== the test restarts the scheduler with {env} =====\n")
+    deployment.start("scheduler", "--skip-serve-logs")
+
+
+def _task_log(deployment: AirflowDeployment, dag_id: str, run_id: str, task_id: str) -> str:
+    """The worker's log of try 1 of a task ("" if there is none)."""
+    path = deployment.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}" / "attempt=1.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _task_logs(deployment: AirflowDeployment, run_id: str) -> tuple[str, str]:
@@ -116,7 +180,7 @@ def _task_logs(deployment: AirflowDeployment, run_id: str) -> tuple[str, str]:
     )
 
 
-def test_deferrable_run_in_a_real_deployment(
+def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
     deployment: AirflowDeployment, emulator: Emulator, s3_server: LocalS3
 ) -> None:
     started = time.monotonic()
@@ -149,12 +213,17 @@ def test_deferrable_run_in_a_real_deployment(
         )
         lap("all components healthy")
         wait_until(
-            lambda: _dag_parsed(client),
+            lambda: _dags_parsed(client, DAG_ID, CONSUMER_DAG_ID),
             timeout=DAG_PARSED_TIMEOUT,
-            what=f"the dag-processor to parse {DAG_ID}",
+            what=f"the dag-processor to parse {DAG_ID} and {CONSUMER_DAG_ID}",
             alive=deployment.check_alive,
         )
-        lap("DAG parsed")
+        lap("DAGs parsed")
+
+        # -- the consumer listens before the producer runs: its events queue only unpaused DAGs ---------
+        consumer = _api(client, "GET", f"/api/v2/dags/{CONSUMER_DAG_ID}/details")
+        assert IMAGES_ALIAS in json.dumps(consumer["asset_expression"]), consumer["asset_expression"]
+        _api(client, "PATCH", f"/api/v2/dags/{CONSUMER_DAG_ID}", json={"is_paused": False})
 
         # -- trigger a run through the REST API ------------------------------------------------------
         _api(client, "PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
@@ -198,9 +267,51 @@ def test_deferrable_run_in_a_real_deployment(
         assert set(states.values()) == {"success"}, states
 
         generate = _api(client, "GET", f"{run_url}/taskInstances/{TASK_ID}")
-        images = _api(client, "GET", f"{run_url}/taskInstances/{TASK_ID}/xcomEntries/return_value")["value"]
-        if isinstance(images, str):
-            images = json.loads(images)
+        images = _xcom_return_value(client, run_url, TASK_ID)
+
+        # -- its asset events queued the consumer (one AssetDagRunQueue row per new asset) ---------------
+        consumer_url = f"/api/v2/dags/{CONSUMER_DAG_ID}"
+        queued = _wait(
+            deployment,
+            lambda: client.get(f"{consumer_url}/assets/queuedEvents").json()["queued_events"],
+            timeout=QUEUED_EVENTS_TIMEOUT,
+            what=f"{DAG_ID}'s asset events to queue {CONSUMER_DAG_ID}",
+            tails=("api-server", "scheduler"),
+        )
+        runs_before_restart = len(_api(client, "GET", f"{consumer_url}/dagRuns")["dag_runs"])
+
+        # -- a scheduler with job schedule on creates the consumer's run ---------------------------------
+        _api(client, "PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": True})
+        _restart_scheduler(deployment, AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True")
+        lap("scheduler restarted")
+
+        def consumer_finished() -> dict[str, Any] | None:
+            runs = client.get(f"{consumer_url}/dagRuns").json()["dag_runs"]
+            done = [r for r in runs if r["run_type"] == "asset_triggered" and r["state"] in ("success", "failed")]
+            return done[0] if done else None
+
+        consumer_run = _wait(
+            deployment,
+            consumer_finished,
+            timeout=CONSUMER_RUN_TIMEOUT,
+            what=f"an asset-triggered run of {CONSUMER_DAG_ID} to finish ({len(queued)} queued event(s))",
+            tails=("scheduler",),
+        )
+        lap("consumer run finished")
+        consumer_run_id = consumer_run["dag_run_id"]
+        consumer_run_url = f"{consumer_url}/dagRuns/{consumer_run_id}"
+        consumer_tis = _api(client, "GET", f"{consumer_run_url}/taskInstances")["task_instances"]
+        consumer_states = {ti["task_id"]: ti["state"] for ti in consumer_tis}
+        consumer_log = _task_log(deployment, CONSUMER_DAG_ID, consumer_run_id, CONSUMER_TASK_ID)
+        assert consumer_run["state"] == "success", (
+            f"{CONSUMER_DAG_ID} run {consumer_run_id} ended {consumer_run['state']}: {consumer_states}; "
+            f"{CONSUMER_TASK_ID}'s log ends with:\n{consumer_log[-3000:]}"
+        )
+        checked = _xcom_return_value(client, consumer_run_url, CONSUMER_TASK_ID)
+        upstream = _api(client, "GET", f"{consumer_run_url}/upstreamAssetEvents")["asset_events"]
+        consumer_runs = _api(client, "GET", f"{consumer_url}/dagRuns")["dag_runs"]
+        queued_after = _api(client, "GET", f"{consumer_url}/assets/queuedEvents")["queued_events"]
+        producer_runs = _api(client, "GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
 
     listening = deployment.listening_addresses()
     assert listening, "no listening socket found: the loopback check below would be vacuous"
@@ -245,8 +356,35 @@ def test_deferrable_run_in_a_real_deployment(
     assert {f"{prefix}/thumbnails/{index:02d}.png" for index in range(N_IMAGES)} <= keys
     assert f"{prefix}/gallery.html" in keys
 
+    # -- the producer's events triggered the consumer, which checked exactly the stored images --------
+    uris = sorted(image["s3_uri"] for image in images)
+    assert len(queued) == N_IMAGES, f"{N_IMAGES} new asset(s) should queue {CONSUMER_DAG_ID} once each: {queued}"
+    assert consumer_run["triggered_by"] == "asset", consumer_run
+    assert [run["dag_run_id"] for run in consumer_runs] == [consumer_run_id], (
+        f"one producer task should make one consumer run: {consumer_runs}"
+    )
+    assert consumer_states == {CONSUMER_TASK_ID: "success"}, consumer_states
+    assert checked == {"checked": uris}, f"{CONSUMER_TASK_ID} checked {checked}, the producer stored {uris}"
+    assert consumer_log, f"no worker log of {CONSUMER_TASK_ID} in {consumer_run_id}"
+    assert "No triggering events" not in consumer_log, "the consumer fell back to recent events: none triggered it"
+    assert all(f"ok   {uri} from {DAG_ID}/{run_id}" in consumer_log for uri in uris), consumer_log[-3000:]
+    assert "FAIL" not in consumer_log, consumer_log[-3000:]
+    assert sorted(event["uri"] for event in upstream) == uris, f"the run's triggering events: {upstream}"
+    assert {(event["source_dag_id"], event["source_run_id"], event["source_task_id"]) for event in upstream} == {
+        (DAG_ID, run_id, TASK_ID)
+    }
+    assert {event["uri"]: event["extra"]["sha256"] for event in upstream} == {
+        image["s3_uri"]: image["sha256"] for image in images
+    }, "the asset events' extra does not match the stored images"
+    assert {event["asset_id"] for event in upstream} == {event["asset_id"] for event in queued}
+    assert not queued_after, f"the consumer's run left queued events behind: {queued_after}"
+    assert [run["dag_run_id"] for run in producer_runs] == [run_id], (
+        f"the paused producer got another run once job schedule was on: {producer_runs}"
+    )
+
     lap("total")
     print(f"\n{TASK_ID} went {' → '.join(map(str, seen_states))}")
+    print(f"{CONSUMER_DAG_ID} runs before the scheduler restart (use_job_schedule off): {runs_before_restart}")
     print(f"real deployment timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     if timings["total (at)"] > TARGET_SECONDS:
         warnings.warn(
