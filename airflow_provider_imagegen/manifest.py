@@ -4,12 +4,12 @@ Layout under a prefix (default ``imagegen/{dag_id}/{run_id}/{task_id}[/{map_inde
 
     {prefix}/00.png ... 09.png   the images, in the order the API returned them
     {prefix}/manifest.json       written last: its presence means every image above is verified
-    {prefix}/_pending.json       while copying only: the generated URLs, so that a retry after an
+    {prefix}/_pending.json       until the try ends: the generated URLs, so that a retry after an
                                  S3 failure copies them again instead of paying for new images
 
 With ``prompts=[...]`` each prompt gets ``{prefix}/{prompt_index:03d}/`` with the same layout.
 The manifest never holds the API key or the (signed) image URLs; ``_pending.json`` holds the URLs
-and is deleted as soon as the manifest is written.
+and is deleted once the manifest is written (all prompts' records together, at the end of the try).
 
 Both records carry a fingerprint of the request (prompt and parameters): a record written for a
 different request (the DAG changed between tries) is ignored, never mistaken for this one's.
@@ -37,6 +37,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 # readably; any other replaced character adds a digest of the original so that names stay distinct
 _TIMESTAMP_CHARS = frozenset(":+")
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
 def safe_segment(value: str) -> str:
@@ -197,7 +198,7 @@ def _delete(s3_client: Any, bucket: str, key: str) -> None:
 def write_manifest(
     s3_client: Any, bucket: str, prefix: str, manifest: dict[str, Any], extra_args: dict[str, Any]
 ) -> None:
-    """Write the manifest (the commit point), then drop the pending record.
+    """Write the manifest: the commit point. The pending record goes later (:func:`delete_pending`).
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -206,7 +207,34 @@ def write_manifest(
     :param extra_args: upload ExtraArgs (encryption, ACL, tags apply to the manifest too).
     """
     _put_json(s3_client, bucket, manifest_key(prefix), manifest, extra_args)
-    _delete(s3_client, bucket, pending_key(prefix))
+
+
+def delete_pending(s3_client: Any, bucket: str, prefixes: list[str]) -> None:
+    """Drop the pending records of committed prompts: one ``DeleteObjects`` per 1000 prompts.
+
+    A pending record beside a manifest is harmless (the manifest wins), so the operator removes
+    them together at the end of a try instead of with one request per prompt.
+
+    :param s3_client: a boto3 S3 client.
+    :param bucket: the bucket.
+    :param prefixes: the prompts' prefixes.
+    """
+    keys = [pending_key(prefix) for prefix in prefixes]
+    for start in range(0, len(keys), _DELETE_BATCH):
+        batch = keys[start : start + _DELETE_BATCH]
+        try:
+            response = s3_client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            )
+        except Exception as error:
+            raise storage_error(error, bucket, batch[0], action="delete of") from error
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise ImageGenStorageError(
+                f"S3 delete of s3://{bucket}/{first.get('Key')} failed: {first.get('Code')}: {first.get('Message')}"
+                + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            )
 
 
 def records_present(s3_client: Any, bucket: str, prefix: str) -> frozenset[str] | None:
@@ -216,8 +244,30 @@ def records_present(s3_client: Any, bucket: str, prefix: str) -> frozenset[str] 
     (a role without ``s3:ListBucket``): the caller then reads both records directly. A missing
     bucket raises a permanent :class:`ImageGenStorageError`, before anything is generated.
     """
+    found = _list_records(s3_client, bucket, prefix, delimiter=True)
+    return None if found is None else found.get(prefix, frozenset())
+
+
+def records_by_prefix(s3_client: Any, bucket: str, prefix: str) -> dict[str, frozenset[str]] | None:
+    """The records under every prefix below ``prefix`` (batch mode), in one paginated LIST.
+
+    ``{"p/000": {"manifest.json"}, ...}``; prefixes without records are absent. None when
+    listing is denied; a missing bucket raises, as :func:`records_present` does.
+    """
+    return _list_records(s3_client, bucket, prefix, delimiter=False)
+
+
+def _list_records(s3_client: Any, bucket: str, prefix: str, *, delimiter: bool) -> dict[str, frozenset[str]] | None:
+    found: dict[str, set[str]] = {}
     try:
-        listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/", Delimiter="/")
+        pages = s3_client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix}/", **({"Delimiter": "/"} if delimiter else {})
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                parent, _, name = item["Key"].rpartition("/")
+                if name in (MANIFEST_NAME, PENDING_NAME):
+                    found.setdefault(parent, set()).add(name)
     except Exception as error:
         code = _error_code(error)
         if code in ("AccessDenied", "403"):
@@ -227,8 +277,7 @@ def records_present(s3_client: Any, bucket: str, prefix: str) -> frozenset[str] 
                 f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)", permanent=True
             ) from error
         raise storage_error(error, bucket, f"{prefix}/", action="listing of") from error
-    names = {item["Key"].rsplit("/", 1)[-1] for item in listing.get("Contents", [])}
-    return frozenset(names & {MANIFEST_NAME, PENDING_NAME})
+    return {parent: frozenset(names) for parent, names in found.items()}
 
 
 def load_manifest(s3_client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:

@@ -1,10 +1,16 @@
 """Stream one image URL into one S3 object, verified on the way: never the whole image in memory.
 
 The bytes flow download → :class:`VerifyingReader` (sha256, byte count, format and pixel-size
-checks) → boto3's ``upload_fileobj`` (multipart above the threshold). A check that fails raises
-inside ``read()``, which makes boto3 abandon the upload (and abort a multipart one), so no
-partial object ever appears under the final key. After the upload, a HEAD compares S3's size
-and SHA-256 checksum with what was streamed; on a mismatch the object is deleted.
+checks) → S3. A check that fails raises inside ``read()``, so nothing is stored (boto3 aborts a
+multipart upload), and no partial object ever appears under the final key.
+
+* An image that ends within one part (the multipart threshold, 5 MiB by default: every
+  1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading:
+  S3 checks the body against it and refuses a mismatch (``BadDigest``), so the stored object is
+  verified as it is written, with no request after it.
+* A bigger image streams through boto3's ``upload_fileobj`` as a multipart upload, whose
+  checksum is a checksum of the parts; a ``HeadObject`` afterwards compares the stored size (and
+  a whole-object SHA-256, when S3 keeps one) and deletes the object on a mismatch.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     from airflow_provider_imagegen.models import ImageGenerationRequest
 
 HEADER_LIMIT = 1024 * 1024  # the pixel size must be readable within the first MiB
+SINGLE_PUT_LIMIT = 8 * 1024 * 1024  # boto3's default multipart threshold, when no TransferConfig is given
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 _PERMANENT_S3_CODES = frozenset(
     {
@@ -122,6 +129,24 @@ class VerifyingReader:
             data = bytes(view[:size])
         del self._buffer[:size]
         return data
+
+    def read_whole(self, limit: int) -> bytes | None:
+        """The whole body, checked, if it is at most ``limit`` bytes; else None, with nothing consumed.
+
+        Reads ahead at most ``limit`` bytes plus one chunk, which ``read()`` then returns first.
+
+        :param limit: the most bytes to hold in memory.
+        """
+        while not self._exhausted and len(self._buffer) <= limit:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._exhausted = True
+                self._check_complete()
+                break
+            self._accept(chunk)
+        if not self._exhausted or len(self._buffer) > limit:
+            return None
+        return self.read()
 
     def _accept(self, chunk: bytes) -> None:
         self._digest.update(chunk)
@@ -256,26 +281,26 @@ def copy_image_to_s3(
         **(extra_args or {}),
         "ContentType": request.content_type,
         "Metadata": {**(extra_args or {}).get("Metadata", {}), **(metadata or {}), "image-index": str(index)},
-        "ChecksumAlgorithm": "SHA256",
     }
+    single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
     with hook.open_image(url) as image:
         check_content_type(image.content_type, request.content_type)
         reader = VerifyingReader(image.iter_bytes(), request.output_format, request.dimensions)
         try:
-            s3_client.upload_fileobj(reader, bucket, key, ExtraArgs=upload_args, Config=transfer_config)
+            body = reader.read_whole(single_put_limit)
+            if body is not None:
+                put_verified(s3_client, bucket, key, body, reader.sha256, upload_args)
+            else:
+                upload_args["ChecksumAlgorithm"] = "SHA256"
+                s3_client.upload_fileobj(reader, bucket, key, ExtraArgs=upload_args, Config=transfer_config)
         except ImageGenError:
             raise
         except Exception as error:
             raise storage_error(error, bucket, key) from error
-    try:
-        if not reader.finished or reader.dimensions is None:  # boto3 stopped reading early
-            s3_client.delete_object(Bucket=bucket, Key=key)
-            raise ImageGenStorageError(f"s3://{bucket}/{key}: the upload ended before the image did; deleted")
-        verify_stored_object(s3_client, bucket, key, reader.size, reader.sha256)
-    except ImageGenError:
-        raise
-    except Exception as error:
-        raise storage_error(error, bucket, key) from error
+    if body is None:
+        _verify_multipart(s3_client, reader, bucket, key)
+    if reader.dimensions is None:  # not reached: the reader's final checks raise first
+        raise ImageGenImageVerificationError("Could not read the image's pixel size")
     width, height = reader.dimensions
     return CopiedImage(
         index=index,
@@ -288,3 +313,35 @@ def copy_image_to_s3(
         height=height,
         prompt_index=prompt_index,
     )
+
+
+def put_verified(s3_client: Any, bucket: str, key: str, body: bytes, sha256_hex: str, args: dict[str, Any]) -> None:
+    """One ``PutObject`` that S3 stores only if the body matches ``sha256_hex`` (else ``BadDigest``).
+
+    :param s3_client: a boto3 S3 client.
+    :param bucket: the bucket.
+    :param key: the key.
+    :param body: the whole object.
+    :param sha256_hex: the body's sha256, computed while it was read.
+    :param args: further ``PutObject`` arguments (content type, metadata, encryption...).
+    """
+    checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    response = s3_client.put_object(
+        Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum, **args
+    )
+    stored = response.get("ChecksumSHA256")
+    if stored is not None and stored != checksum:  # a store that ignored the checksum it was sent
+        s3_client.delete_object(Bucket=bucket, Key=key)
+        raise ImageGenStorageError(f"s3://{bucket}/{key} stored SHA-256 {stored}, not the one sent; deleted")
+
+
+def _verify_multipart(s3_client: Any, reader: VerifyingReader, bucket: str, key: str) -> None:
+    try:
+        if not reader.finished:  # boto3 stopped reading early
+            s3_client.delete_object(Bucket=bucket, Key=key)
+            raise ImageGenStorageError(f"s3://{bucket}/{key}: the upload ended before the image did; deleted")
+        verify_stored_object(s3_client, bucket, key, reader.size, reader.sha256)
+    except ImageGenError:
+        raise
+    except Exception as error:
+        raise storage_error(error, bucket, key) from error

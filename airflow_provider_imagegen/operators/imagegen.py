@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cached_property
@@ -73,8 +74,9 @@ class ImageGenToS3Operator(BaseOperator):
     :param kms_key_id: server-side encryption with this KMS key (templated).
     :param acl_policy: a canned ACL for the objects, e.g. ``bucket-owner-full-control``.
     :param s3_tags: object tags (templated).
-    :param s3_extra_args: further ``upload_fileobj`` ExtraArgs, e.g. ``StorageClass`` (templated).
-    :param max_concurrency: prompts generated at once (batch mode).
+    :param s3_extra_args: further ``PutObject``/``upload_fileobj`` ExtraArgs, e.g. ``StorageClass`` (templated).
+    :param max_concurrency: prompts generated at once (batch mode); as many more may be copying
+        to S3 meanwhile.
     :param upload_concurrency: images of one prompt copied to S3 at once.
     :param fail_fast: batch mode: stop at the first failed prompt; otherwise finish the others
         and then fail, naming every failed prompt.
@@ -101,6 +103,14 @@ class ImageGenToS3Operator(BaseOperator):
     template_ext: Sequence[str] = (".j2", ".jinja2")
     template_fields_renderers = {"prompt": "md", "prompts": "json", "s3_tags": "json", "s3_extra_args": "json"}
     ui_color = "#f4e8ff"
+
+    # per try, set by _prepare(): what earlier tries left, and the prompts committed by this one
+    _records: dict[str, frozenset[str]] | None
+    _committed: list[str]  # prefixes whose pending record this try can drop
+    _committed_lock: threading.Lock
+    _generation_slots: threading.BoundedSemaphore
+    _landing_slots: threading.BoundedSemaphore
+    _stopping: threading.Event
 
     def __init__(
         self,
@@ -204,6 +214,7 @@ class ImageGenToS3Operator(BaseOperator):
         try:
             jobs = self.build_jobs(context)
             self._prepare()
+            self._records = self._earlier_records(jobs)
         except ImageGenError as error:
             _reraise_for_airflow(error)
         try:
@@ -212,6 +223,7 @@ class ImageGenToS3Operator(BaseOperator):
             images = self._run_jobs(jobs, lambda job: self._produce(job, context))
             return self._finish(context, jobs, images)
         finally:
+            self._drop_pending()
             self._close()
 
     def build_jobs(self, context: Context) -> list[PromptJob]:
@@ -283,23 +295,73 @@ class ImageGenToS3Operator(BaseOperator):
         two threads do that at once.
         """
         _ = self.hook.settings, self.s3_client, self._upload_args
+        self._records = None
+        self._committed = []
+        self._committed_lock = threading.Lock()
+        # one prompt's copy overlaps the next prompt's API call: up to max_concurrency of each
+        self._generation_slots = threading.BoundedSemaphore(self.max_concurrency)
+        self._landing_slots = threading.BoundedSemaphore(self.max_concurrency)
+        self._stopping = threading.Event()  # fail_fast: a prompt failed, start no more API calls
+
+    def _earlier_records(self, jobs: list[PromptJob]) -> dict[str, frozenset[str]] | None:
+        """The records earlier tries left under each prompt's prefix, in one LIST for the whole task.
+
+        None when listing is denied: each prompt then reads its records directly.
+        """
+        from airflow_provider_imagegen.manifest import records_by_prefix, records_present
+
+        if self.prompts is None:
+            present = records_present(self.s3_client, self.s3_bucket, jobs[0].prefix)
+            return None if present is None else {jobs[0].prefix: present}
+        return records_by_prefix(self.s3_client, self.s3_bucket, jobs[0].prefix.rpartition("/")[0])
+
+    def _commit(self, job: PromptJob) -> None:
+        """Note that ``job`` has its manifest, so its pending record (if any) can go."""
+        with self._committed_lock:
+            self._committed.append(job.prefix)
+
+    def _drop_pending(self) -> None:
+        """Delete the pending records of the prompts committed in this try, together."""
+        from airflow_provider_imagegen.manifest import delete_pending
+
+        prefixes = getattr(self, "_committed", [])
+        if not prefixes:
+            return
+        try:
+            delete_pending(self.s3_client, self.s3_bucket, prefixes)
+        except ImageGenError as error:  # the manifests beside them take precedence: harmless
+            self.log.warning("Could not delete the pending record(s) of committed prompts: %s", error)
+        prefixes.clear()
 
     def _close(self) -> None:
         if "hook" in self.__dict__:
             self.hook.close()
 
     def _run_jobs(self, jobs: list[PromptJob], work: Callable[[PromptJob], list[CopiedImage]]) -> list[CopiedImage]:
-        """Run ``work`` for every job with bounded concurrency; results in prompt order."""
+        """Run ``work`` for every job with bounded concurrency; results in prompt order.
+
+        Twice ``max_concurrency`` threads, so that while some prompts are copied others already
+        wait for the API; the generation and landing slots keep each stage within its bound.
+        """
         if len(jobs) == 1:
             return self._fail_clearly(jobs, {jobs[0].prompt_index: _capture(work, jobs[0])})
         outcomes: dict[int, list[CopiedImage] | BaseException] = {}
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
-            futures: dict[Future[list[CopiedImage]], PromptJob] = {pool.submit(work, job): job for job in jobs}
+
+        def run(job: PromptJob) -> list[CopiedImage]:
+            try:
+                return work(job)
+            except BaseException:
+                if self.fail_fast:
+                    self._stopping.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=min(2 * self.max_concurrency, len(jobs))) as pool:
+            futures: dict[Future[list[CopiedImage]], PromptJob] = {pool.submit(run, job): job for job in jobs}
             _done, pending = wait(futures, return_when=FIRST_EXCEPTION if self.fail_fast else ALL_COMPLETED)
             for future in pending:
                 future.cancel()
             for future, job in futures.items():
-                if future.cancelled():
+                if future.cancelled() or isinstance(future.exception(), _NotStarted):
                     continue
                 error = future.exception()
                 outcomes[job.prompt_index] = error if error is not None else future.result()
@@ -332,12 +394,14 @@ class ImageGenToS3Operator(BaseOperator):
 
     def _reuse(self, job: PromptJob, context: Context) -> list[CopiedImage] | None:
         """What an earlier try left: its verified images, or its recorded URLs copied now; else None."""
-        from airflow_provider_imagegen.manifest import MANIFEST_NAME, PENDING_NAME, records_present
+        from airflow_provider_imagegen.manifest import MANIFEST_NAME, PENDING_NAME
 
-        present = records_present(self.s3_client, self.s3_bucket, job.prefix)
+        present = None if self._records is None else self._records.get(job.prefix, frozenset())
         if present is None or MANIFEST_NAME in present:
             images = self._already_done(job)
             if images is not None:
+                if present is None or PENDING_NAME in present:  # left by a try killed before cleaning up
+                    self._commit(job)
                 return images
         pending = self._pending(job) if present is None or PENDING_NAME in present else None
         if pending is None:
@@ -404,7 +468,15 @@ class ImageGenToS3Operator(BaseOperator):
             prompt_digest(request.prompt)[:12],
             _preview(request.prompt),
         )
-        result = self.hook.send(request)
+        with self._generation_slots:
+            if self._stopping.is_set():
+                raise _NotStarted
+            try:
+                result = self.hook.send(request)
+            except BaseException:
+                if self.fail_fast:  # before the slot is released: the next prompt must not pay
+                    self._stopping.set()
+                raise
         self.log.info(
             "Prompt %d: the API returned %d of %d image(s) in %.1f s (%d attempt(s))",
             job.prompt_index,
@@ -416,7 +488,11 @@ class ImageGenToS3Operator(BaseOperator):
         return result
 
     def _land_generated(self, job: PromptJob, result: ImageGenerationResult, context: Context) -> list[CopiedImage]:
-        """Check the count, record the URLs (so a retry does not pay again), then copy them."""
+        """Check the count, record the URLs (so a retry does not pay again), then copy them.
+
+        The record is written while the copy starts, not before it: the manifest (the commit
+        point) waits for it, and a failed copy returns only once the record is stored.
+        """
         from airflow_provider_imagegen.manifest import save_pending_urls, utcnow_iso
 
         self._check_count(job, len(result.image_urls))
@@ -425,10 +501,18 @@ class ImageGenToS3Operator(BaseOperator):
             "generation_seconds": round(result.elapsed, 3),
             "request_id": result.request_id,
         }
-        save_pending_urls(
-            self.s3_client, self.s3_bucket, job.prefix, result.image_urls, self._upload_args, job.request, **info
-        )
-        return self._land(job, result.image_urls, context, info)
+        with ThreadPoolExecutor(max_workers=1) as recorder:
+            recorded = recorder.submit(
+                save_pending_urls,
+                self.s3_client,
+                self.s3_bucket,
+                job.prefix,
+                result.image_urls,
+                self._upload_args,
+                job.request,
+                **info,
+            )
+            return self._land(job, result.image_urls, context, info, recorded)
 
     def _check_count(self, job: PromptJob, received: int) -> None:
         asked = job.request.n
@@ -446,8 +530,29 @@ class ImageGenToS3Operator(BaseOperator):
                 self.min_images,
             )
 
-    def _land(self, job: PromptJob, urls: list[str], context: Context, info: dict[str, Any]) -> list[CopiedImage]:
-        """Copy every URL to S3 (bounded concurrency), then write the manifest: the commit point."""
+    def _land(
+        self,
+        job: PromptJob,
+        urls: list[str],
+        context: Context,
+        info: dict[str, Any],
+        recorded: Future[None] | None = None,
+    ) -> list[CopiedImage]:
+        """Copy every URL to S3 (bounded concurrency), then write the manifest: the commit point.
+
+        :param recorded: the write of the pending record, which must succeed before the commit.
+        """
+        with self._landing_slots:
+            return self._land_now(job, urls, context, info, recorded)
+
+    def _land_now(
+        self,
+        job: PromptJob,
+        urls: list[str],
+        context: Context,
+        info: dict[str, Any],
+        recorded: Future[None] | None,
+    ) -> list[CopiedImage]:
         import time
 
         from airflow_provider_imagegen.hooks._client import prompt_digest
@@ -466,10 +571,13 @@ class ImageGenToS3Operator(BaseOperator):
             request_id=info.get("request_id"),
         )
         try:
+            if recorded is not None:
+                recorded.result()
             write_manifest(self.s3_client, self.s3_bucket, job.prefix, manifest, self._upload_args)
         except Exception:
             self._discard(images)  # no manifest vouches for them: leave no image under a final key
             raise
+        self._commit(job)
         total = sum(image.size_bytes for image in images)
         self.log.info(
             "Prompt %d: %d image(s), %.1f MB, copied and verified in %.1f s; manifest s3://%s/%s/manifest.json",
@@ -488,8 +596,6 @@ class ImageGenToS3Operator(BaseOperator):
         On the first failure the copies not yet started are cancelled and the objects this call
         already stored are deleted, so a failed try leaves no image under a final key.
         """
-        import threading
-
         from airflow_provider_imagegen.hooks._client import prompt_digest
         from airflow_provider_imagegen.manifest import image_key
         from airflow_provider_imagegen.transfer import copy_image_to_s3
@@ -690,6 +796,7 @@ class ImageGenToS3Operator(BaseOperator):
             images = self._run_jobs(jobs, work)
             return self._finish(context, jobs, images)
         finally:
+            self._drop_pending()
             self._close()
 
     # -- lineage ----------------------------------------------------------------------------------
@@ -704,6 +811,10 @@ class ImageGenToS3Operator(BaseOperator):
         images: list[CopiedImage] = getattr(self, "_stored_images", [])
         outputs = [Dataset(namespace=f"s3://{image.bucket}", name=image.key) for image in images]
         return OperatorLineage(outputs=outputs)
+
+
+class _NotStarted(Exception):
+    """A prompt skipped by ``fail_fast`` after another one failed (reported as "not started")."""
 
 
 def _as_int(name: str, value: Any) -> Any:

@@ -147,6 +147,35 @@ def test_reader_read_all():
     assert reader.dimensions == (64, 32)
 
 
+@pytest.mark.parametrize("chunk", [1, 100, 10**6])
+def test_reader_read_whole_within_the_limit(chunk):
+    data = _image("png")
+    reader = VerifyingReader(iter(_chunks(data, chunk)), "png", (64, 32))
+    assert reader.read_whole(len(data)) == data
+    assert reader.finished
+    assert reader.sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.read() == b""
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 10**6])
+def test_reader_read_whole_over_the_limit_consumes_nothing(chunk):
+    data = _image("png")
+    reader = VerifyingReader(iter(_chunks(data, chunk)), "png", (64, 32))
+    assert reader.read_whole(len(data) - 1) is None
+    assert not reader.finished
+    out = bytearray()
+    while block := reader.read(50):
+        out += block
+    assert bytes(out) == data  # what was read ahead comes first
+    assert reader.finished
+
+
+def test_reader_read_whole_still_checks():
+    reader = VerifyingReader(iter([_image("png", (100, 100))]), "png", (1024, 1024))
+    with pytest.raises(ImageGenImageVerificationError, match="100x100 pixels"):
+        reader.read_whole(10**6)
+
+
 def test_reader_refuses_wrong_format():
     reader = VerifyingReader(iter([_image("jpeg")]), "png", None)
     with pytest.raises(ImageGenImageVerificationError, match="png was asked"):

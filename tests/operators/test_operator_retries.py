@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from botocore.exceptions import ClientError
@@ -28,6 +28,15 @@ class FailingUploads:
         self._client = client
 
     def upload_fileobj(self, *args: Any, **kwargs: Any) -> None:
+        self._fail()
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if not kwargs["Key"].endswith(".json"):
+            self._fail()
+        return self._client.put_object(**kwargs)
+
+    @staticmethod
+    def _fail() -> NoReturn:
         error = {"Error": {"Code": "InternalError", "Message": "We encountered an internal error"}}
         raise ClientError(error, "PutObject")
 

@@ -329,7 +329,8 @@ class FailingS3:
         return self._client.upload_fileobj(*args, **kwargs)
 
     def put_object(self, **kwargs: Any) -> Any:
-        if self._manifest and kwargs.get("Key", "").endswith("/" + MANIFEST):
+        key = kwargs.get("Key", "")
+        if (self._manifest and key.endswith("/" + MANIFEST)) or (self._uploads and not key.endswith(".json")):
             self._fail("PutObject")
         return self._client.put_object(**kwargs)
 

@@ -1,0 +1,122 @@
+"""What the operator asks of S3, request by request, and how a prompt's copy overlaps the next call.
+
+The S3 requests are counted on the operator's real boto3 client (botocore's ``before-call``
+events) against the moto server; the overlaps are read from the emulator's call records.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from airflow_provider_imagegen.exceptions import ImageGenStorageError
+from tests.operators.conftest import list_keys, make_context
+
+PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
+
+
+class S3Calls:
+    """Every S3 operation the client sends, with its parameters."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        client.meta.events.register("before-call.s3", self._record)
+
+    def _record(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.calls.append((model.name, params))
+
+    def counts(self) -> Counter[str]:
+        return Counter(name for name, _ in self.calls)
+
+    def puts(self, suffix: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == "PutObject" and params["url_path"].endswith(suffix)]
+
+
+def _operator_with_counted_client(make_op: Any, **kwargs: Any) -> tuple[Any, S3Calls]:
+    op = make_op(real_s3_client=True, **kwargs)
+    op._prepare()  # builds the client (from the AWS connection, through S3Hook)
+    return op, S3Calls(op.s3_client)
+
+
+def test_one_prompt_costs_a_list_one_put_per_object_and_one_delete(make_op, emulator, s3, s3_bucket):
+    op, s3_calls = _operator_with_counted_client(make_op, n=3)
+    op.execute(make_context())
+    # LIST (earlier records), PUT pending, 3 x PUT image, PUT manifest, DELETE pending: no HEAD, no GET
+    assert s3_calls.counts() == Counter({"ListObjectsV2": 1, "PutObject": 5, "DeleteObjects": 1})
+    assert list_keys(s3, s3_bucket) == [f"{PREFIX}/{i:02d}.png" for i in range(3)] + [f"{PREFIX}/manifest.json"]
+
+
+def test_a_batch_lists_and_cleans_up_once_for_all_its_prompts(make_op, emulator, s3, s3_bucket):
+    op, s3_calls = _operator_with_counted_client(make_op, prompts=[f"mug {i}" for i in range(6)], n=2)
+    op.execute(make_context())
+    assert s3_calls.counts() == Counter({"ListObjectsV2": 1, "PutObject": 6 * (1 + 2 + 1), "DeleteObjects": 1})
+    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("_pending.json")]
+
+
+def test_a_rerun_of_a_finished_batch_only_reads(make_op, emulator, s3, s3_bucket):
+    prompts = [f"mug {i}" for i in range(4)]
+    first = make_op(prompts=prompts).execute(make_context())
+    op, s3_calls = _operator_with_counted_client(make_op, prompts=prompts)
+    assert op.execute(make_context(try_number=2)) == first
+    # one LIST for the batch, then each manifest read and its images checked: nothing written
+    assert s3_calls.counts() == Counter({"ListObjectsV2": 1, "GetObject": 4, "HeadObject": 4})
+    assert len(emulator.state.generation_calls()) == 4
+
+
+def test_each_image_put_carries_the_sha256_computed_while_streaming(make_op, emulator, s3, s3_bucket):
+    op, s3_calls = _operator_with_counted_client(make_op, n=2)
+    xcom = op.execute(make_context())
+    sent = {
+        put["url_path"].rsplit("/", 1)[-1]: put["headers"]["x-amz-checksum-sha256"] for put in s3_calls.puts(".png")
+    }
+    for item in xcom:
+        expected = base64.b64encode(bytes.fromhex(item["sha256"])).decode()
+        assert sent[item["key"].rsplit("/", 1)[-1]] == expected
+        stored = s3.head_object(Bucket=s3_bucket, Key=item["key"], ChecksumMode="ENABLED")["ChecksumSHA256"]
+        assert stored == expected
+        body = s3.get_object(Bucket=s3_bucket, Key=item["key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == item["sha256"]
+
+
+def test_a_store_that_keeps_another_checksum_fails_the_copy_and_keeps_nothing(make_op, emulator, s3, s3_bucket):
+    op, _ = _operator_with_counted_client(make_op, n=2)
+
+    def other_checksum(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        assert "ChecksumSHA256" in parsed  # S3 (and moto) answer with the checksum they stored
+        parsed["ChecksumSHA256"] = base64.b64encode(b"\0" * 32).decode()
+
+    op.s3_client.meta.events.register("after-call.s3.PutObject", other_checksum)
+    with pytest.raises(ImageGenStorageError, match=r"stored SHA-256 .*not the one sent; deleted"):
+        op.execute(make_context())
+    assert list_keys(s3, s3_bucket) == [f"{PREFIX}/_pending.json"]  # for the retry: nothing else
+
+
+def test_a_multipart_image_is_checked_with_a_head(make_op, emulator, s3, s3_bucket):
+    emulator.configure(noise=True)  # a 4K image of noise is well above the 5 MiB part size
+    op, s3_calls = _operator_with_counted_client(make_op, n=1, size="3840x2160")
+    xcom = op.execute(make_context())
+    counts = s3_calls.counts()
+    assert counts["CreateMultipartUpload"] == 1
+    assert counts["HeadObject"] == 1
+    assert xcom[0]["size_bytes"] > 5 * 1024 * 1024
+
+
+def _overlaps(a: Any, b: Any) -> bool:
+    return a.started_at < b.finished_at and b.started_at < a.finished_at
+
+
+def test_a_prompts_copy_overlaps_the_next_prompts_api_call_within_both_bounds(make_op, emulator, s3, s3_bucket):
+    emulator.configure(latency=0.3, download_latency=0.4)
+    xcom = make_op(prompts=[f"mug {i}" for i in range(4)], n=1, max_concurrency=1).execute(make_context())
+    assert [item["prompt_index"] for item in xcom] == [0, 1, 2, 3]
+    state = emulator.state
+    assert state.max_in_flight_generations == 1  # max_concurrency bounds the API calls ...
+    assert state.max_in_flight_downloads == 1  # ... and, separately, the prompts being copied
+    generations, downloads = state.generation_calls(), state.download_calls()
+    assert len(generations) == len(downloads) == 4
+    overlapping = [d for d in downloads if any(_overlaps(d, g) for g in generations)]
+    assert len(overlapping) >= 2  # the copies of prompts 0-2 ran while the next prompt was generated
