@@ -111,6 +111,7 @@ class ImageGenToS3Operator(BaseOperator):
     _generation_slots: threading.BoundedSemaphore
     _landing_slots: threading.BoundedSemaphore
     _stopping: threading.Event
+    _recorder: ThreadPoolExecutor
 
     def __init__(
         self,
@@ -302,6 +303,8 @@ class ImageGenToS3Operator(BaseOperator):
         self._generation_slots = threading.BoundedSemaphore(self.max_concurrency)
         self._landing_slots = threading.BoundedSemaphore(self.max_concurrency)
         self._stopping = threading.Event()  # fail_fast: a prompt failed, start no more API calls
+        # writes the pending records alongside the copies; one pool per try, not a thread per prompt
+        self._recorder = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="imagegen-record")
 
     def _earlier_records(self, jobs: list[PromptJob]) -> dict[str, frozenset[str]] | None:
         """The records earlier tries left under each prompt's prefix, in one LIST for the whole task.
@@ -334,6 +337,8 @@ class ImageGenToS3Operator(BaseOperator):
         prefixes.clear()
 
     def _close(self) -> None:
+        if "_recorder" in self.__dict__:
+            self._recorder.shutdown(wait=True)
         if "hook" in self.__dict__:
             self.hook.close()
 
@@ -501,18 +506,20 @@ class ImageGenToS3Operator(BaseOperator):
             "generation_seconds": round(result.elapsed, 3),
             "request_id": result.request_id,
         }
-        with ThreadPoolExecutor(max_workers=1) as recorder:
-            recorded = recorder.submit(
-                save_pending_urls,
-                self.s3_client,
-                self.s3_bucket,
-                job.prefix,
-                result.image_urls,
-                self._upload_args,
-                job.request,
-                **info,
-            )
+        recorded = self._recorder.submit(
+            save_pending_urls,
+            self.s3_client,
+            self.s3_bucket,
+            job.prefix,
+            result.image_urls,
+            self._upload_args,
+            job.request,
+            **info,
+        )
+        try:
             return self._land(job, result.image_urls, context, info, recorded)
+        finally:
+            wait([recorded])
 
     def _check_count(self, job: PromptJob, received: int) -> None:
         asked = job.request.n
@@ -636,6 +643,8 @@ class ImageGenToS3Operator(BaseOperator):
             )
             return image
 
+        if len(urls) == 1:  # nothing to overlap: no thread
+            return [copy(0)]
         with ThreadPoolExecutor(max_workers=min(self.upload_concurrency, len(urls))) as pool:
             futures = [pool.submit(copy, index) for index in range(len(urls))]
             wait(futures, return_when=FIRST_EXCEPTION)
