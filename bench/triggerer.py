@@ -4,8 +4,8 @@ As in a triggerer process, every trigger is its own task in one asyncio loop, ea
 connection with the async API and sending its request. The target is that all 500 are done
 within twice the API latency. Runs in a fresh process (so its memory is its own) with the
 emulator in another; memory per trigger is the peak RSS growth over the run divided by 500.
-For context the same process also times the floor: 500 bare POSTs from one shared
-``httpx.AsyncClient``.
+For context the same process also times the floor: 500 bare POSTs, each from its own
+``httpx.AsyncClient`` (as each trigger has its own), with no Airflow in the way.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -119,9 +121,7 @@ class ImageGenHook(BaseHook):
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read once with the async connection API (for triggers)."""
         if self._settings is None:
-            settings = self._settings_from(await self.aget_connection(self.imagegen_conn_id))
-            await _amask_secret(settings.api_key)
-            self._settings = settings
+            self._settings = self._settings_from(await _read_connection_once(self, self.imagegen_conn_id))
         return self._settings
 
     async def aclient(self) -> httpx.AsyncClient:
@@ -369,6 +369,35 @@ class ImageGenHook(BaseHook):
         except ImageGenError as error:
             return False, str(error)
         return False, f"{settings.url} accepted an invalid request; is this the GPT Image 2 endpoint?"
+
+
+# conn_id -> the lookup in flight, per event loop: a burst of triggers shares one read
+_reads_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _read_connection_once(hook: BaseHook, conn_id: str) -> Any:
+    """``hook.aget_connection(conn_id)``, its password masked; triggers asking at once share one read.
+
+    Hundreds of triggers deferred by one batch start together in the triggerer's loop, and each
+    lookup goes through the supervisor. Only reads in flight are shared, nothing is cached: a
+    trigger started after the read finished reads the connection again (and sees any edit).
+    """
+    reads = _reads_in_flight.setdefault(asyncio.get_running_loop(), {})
+    read = reads.get(conn_id)
+    if read is None:
+        read = asyncio.ensure_future(_read_and_mask(hook, conn_id))
+        reads[conn_id] = read
+        read.add_done_callback(lambda _: reads.pop(conn_id, None))
+    return await asyncio.shield(read)  # a cancelled trigger must not cancel the others' read
+
+
+async def _read_and_mask(hook: BaseHook, conn_id: str) -> Any:
+    connection = await hook.aget_connection(conn_id)
+    if connection.password:
+        await _amask_secret(connection.password)
+    return connection
 
 
 async def _amask_secret(secret: str) -> None:
