@@ -245,6 +245,7 @@ class ImageGenToS3Operator(BaseOperator):
         requests = [ImageGenerationRequest(prompt=prompt, **params) for prompt in prompts]
         self._check_min_images(requests[0].n)
         self._check_bucket_name()
+        self._check_extra_args()
         prefix = self._prefix(context)
         if self.prompts is None:
             return [PromptJob(0, requests[0], prefix)]
@@ -262,6 +263,24 @@ class ImageGenToS3Operator(BaseOperator):
         if "/" in bucket or bucket.startswith("s3:"):
             raise ImageGenValidationError(
                 "s3_bucket", bucket, "a bare bucket name (no s3:// and no key; use s3_key_prefix for the key)"
+            )
+
+    def _check_extra_args(self) -> None:
+        """Refuse ExtraArgs S3 would reject after the images were paid for, and checksums (ours to set)."""
+        extra = self.s3_extra_args
+        if extra is None:
+            return
+        from boto3.s3.transfer import S3Transfer
+
+        allowed = sorted(
+            name for name in S3Transfer.ALLOWED_UPLOAD_ARGS if not name.startswith(("Checksum", "Mpu"))
+        )
+        if not isinstance(extra, dict):
+            raise ImageGenValidationError("s3_extra_args", extra, "a dict of S3 upload arguments")
+        unknown = sorted(str(key) for key in extra if key not in allowed)
+        if unknown:
+            raise ImageGenValidationError(
+                "s3_extra_args", unknown, "keys among " + ", ".join(allowed) + " (checksums are set by the operator)"
             )
 
     def _prefix(self, context: Context) -> str:

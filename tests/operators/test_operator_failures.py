@@ -80,6 +80,9 @@ def test_content_policy_is_permanent(make_op, context, emulator, s3, s3_bucket):
         ({"output_compression": 50}, "output_compression"),  # png takes no compression
         ({"prompt": "x" * 32_001}, "prompt"),
         ({"s3_bucket": "s3://bucket/key"}, "s3_bucket"),
+        ({"s3_extra_args": {"StorageClas": "STANDARD_IA"}}, "s3_extra_args"),  # a typo S3 would refuse
+        ({"s3_extra_args": {"ChecksumAlgorithm": "CRC32"}}, "s3_extra_args"),  # the operator's to set
+        ({"s3_extra_args": "StorageClass=GLACIER"}, "s3_extra_args"),
     ],
 )
 def test_invalid_rendered_values_fail_before_any_call(make_op, context, emulator, s3, s3_bucket, params, field):
