@@ -6,6 +6,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # Airflow reads its configuration at import time: isolate it before anything imports airflow.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="imagegen-airflow-home-"))
@@ -20,6 +21,11 @@ import pytest  # noqa: E402
 
 from airflow_provider_imagegen.emulator import Emulator  # noqa: E402
 from airflow_provider_imagegen.testing import LocalS3, local_s3  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +85,34 @@ def s3_bucket(s3_server: LocalS3, aws_conn) -> str:
     name = f"imagegen-test-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def s3(s3_server: LocalS3) -> Any:
+    """A boto3 client of the moto server (one per session: building a client costs ~0.5 s)."""
+    return s3_server.client()
+
+
+@pytest.fixture
+def make_op(imagegen_conn, aws_conn, s3_bucket, s3) -> Callable[..., ImageGenToS3Operator]:
+    """Build an operator against the emulator and the moto bucket: ``make_op(prompt=..., n=...)``.
+
+    By default the operator's boto3 client is the session's shared one (the same moto server and
+    credentials as ``aws_default``), which saves ~0.5 s per operator; ``real_s3_client=True``
+    keeps the whole path through the AWS connection and the amazon provider's ``S3Hook``.
+    """
+    from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+
+    def build(*, real_s3_client: bool = False, **kwargs: Any) -> ImageGenToS3Operator:
+        kwargs.setdefault("task_id", "generate")
+        if "prompts" not in kwargs:
+            kwargs.setdefault("prompt", "a lighthouse at dawn, watercolour")
+        kwargs.setdefault("s3_bucket", s3_bucket)
+        kwargs.setdefault("imagegen_conn_id", imagegen_conn)
+        kwargs.setdefault("aws_conn_id", aws_conn)
+        op = ImageGenToS3Operator(**kwargs)
+        if not real_s3_client:
+            op.__dict__["s3_client"] = s3
+        return op
+
+    return build

@@ -6,7 +6,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imagegen.hooks._client import prompt_digest
-from tests.operators.conftest import list_keys, make_context, object_sha256, read_json, served_sha256s
+from tests.support import list_keys, make_context, object_sha256, read_json, served_sha256s
 
 PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 PROMPTS = [f"product shot {i}: a ceramic mug, studio light" for i in range(5)]

@@ -13,7 +13,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
-from tests.operators.conftest import list_keys, make_context, read_json
+from tests.support import list_keys, make_context, read_json
 
 API_PARAMS = ("n", "size", "quality", "background", "moderation", "output_format", "output_compression")
 PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"

@@ -13,7 +13,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenImageVerificationError,
     ImageGenServerError,
 )
-from tests.operators.conftest import list_keys, make_context, multipart_uploads
+from tests.support import list_keys, make_context, multipart_uploads
 
 PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 

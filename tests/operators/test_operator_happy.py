@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from airflow_provider_imagegen.hooks._client import prompt_digest
-from tests.operators.conftest import (
+from tests.support import (
     RUN_ID,
     list_keys,
     make_context,

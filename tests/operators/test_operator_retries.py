@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenStorageError
-from tests.operators.conftest import (
+from tests.support import (
     list_keys,
     make_context,
     multipart_uploads,

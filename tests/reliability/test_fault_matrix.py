@@ -42,7 +42,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenTimeoutError,
     ImageGenValidationError,
 )
-from tests.reliability.conftest import (
+from tests.support import (
     PREFIX,
     generations,
     list_keys,

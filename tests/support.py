@@ -1,0 +1,82 @@
+"""Helpers shared by the operator and reliability tests: a task context and S3/emulator readers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
+"""Where ``make_context()``'s task stores its images by default."""
+
+
+class RecordingOutletEvents:
+    """Stands in for ``context["outlet_events"]``: records every ``add`` per outlet."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[Any, Any, dict[str, Any] | None]] = []
+
+    def __getitem__(self, outlet: Any) -> Any:
+        events = self
+
+        class _Accessor:
+            def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
+                events.added.append((outlet, asset, extra))
+
+        return _Accessor()
+
+
+def make_context(
+    *,
+    dag_id: str = "imagegen_test",
+    task_id: str = "generate",
+    run_id: str = RUN_ID,
+    map_index: int = -1,
+    try_number: int = 1,
+    outlet_events: Any = None,
+) -> dict[str, Any]:
+    """A minimal task context with the attributes of Airflow 3's RuntimeTaskInstance we use."""
+    ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index, try_number=try_number)
+    return {
+        "ti": ti,
+        "task_instance": ti,
+        "run_id": run_id,
+        "outlet_events": outlet_events if outlet_events is not None else RecordingOutletEvents(),
+    }
+
+
+def list_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    """Every key in the bucket under ``prefix``, sorted."""
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
+
+
+def read_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """A JSON object stored in S3."""
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def object_sha256(s3: Any, bucket: str, key: str) -> str:
+    """sha256 of an object's bytes as S3 returns them."""
+    return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+
+
+def multipart_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    """Multipart uploads started and neither completed nor aborted."""
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def served_sha256s(emulator: Any) -> set[str]:
+    """sha256 of every image the emulator served (HTTP 200) since the test started."""
+    paths = {call.path for call in emulator.state.download_calls() if call.status == 200}
+    return {sha for url, sha in emulator.state.sha256_by_url().items() if urlsplit(url).path in paths}
+
+
+def generations(emulator: Any) -> int:
+    """Generation calls (POSTs, whatever they were answered) since the test started."""
+    return len(emulator.state.generation_calls())
