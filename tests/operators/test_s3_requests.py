@@ -120,3 +120,68 @@ def test_a_prompts_copy_overlaps_the_next_prompts_api_call_within_both_bounds(ma
     assert len(generations) == len(downloads) == 4
     overlapping = [d for d in downloads if any(_overlaps(d, g) for g in generations)]
     assert len(overlapping) >= 2  # the copies of prompts 0-2 ran while the next prompt was generated
+
+
+def test_a_rerun_removes_a_pending_record_a_killed_try_left_beside_its_manifest(make_op, emulator, s3, s3_bucket):
+    first = make_op(n=2).execute(make_context())
+    # a try killed after writing its manifest but before its cleanup leaves both records
+    s3.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/_pending.json", Body=b'{"image_urls": ["https://x.test/0.png"]}')
+    assert make_op(n=2).execute(make_context(try_number=2)) == first
+    assert len(emulator.state.generation_calls()) == 1
+    assert f"{PREFIX}/_pending.json" not in list_keys(s3, s3_bucket)
+
+
+def test_pending_records_are_deleted_1000_per_request(s3, s3_bucket):
+    from airflow_provider_imagegen.manifest import delete_pending
+
+    prefixes = [f"batch/{i:04d}" for i in range(2500)]
+    for prefix in (prefixes[0], prefixes[1500], prefixes[-1]):
+        s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/_pending.json", Body=b"{}")
+    s3_calls = S3Calls(s3)
+    try:
+        delete_pending(s3, s3_bucket, prefixes)  # most of them do not exist: S3 deletes are idempotent
+    finally:
+        s3.meta.events.unregister("before-call.s3", s3_calls._record)
+    assert s3_calls.counts() == Counter({"DeleteObjects": 3})
+    assert list_keys(s3, s3_bucket, "batch/") == []
+
+
+def test_a_failed_cleanup_is_only_a_warning(make_op, emulator, s3, s3_bucket, task_logs):
+    op, _ = _operator_with_counted_client(make_op, n=1)
+
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no s3:DeleteObject"}}, "DeleteObjects")
+
+    op.s3_client.meta.events.register("before-call.s3.DeleteObjects", refuse)
+    xcom = op.execute(make_context())  # the images and their manifest are committed: the task succeeds
+    assert len(xcom) == 1
+    assert f"{PREFIX}/_pending.json" in list_keys(s3, s3_bucket)  # harmless beside the manifest ...
+    assert "Could not delete the pending record(s)" in task_logs()  # ... and reported
+
+
+def _deny_listing(client: Any) -> None:
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no s3:ListBucket"}}, "ListObjectsV2")
+
+    client.meta.events.register("before-call.s3.ListObjectsV2", refuse)
+
+
+@pytest.mark.parametrize("prompts", [None, ["mug 0", "mug 1", "mug 2"]], ids=["one prompt", "batch"])
+def test_without_list_permission_each_prompt_reads_its_records(make_op, emulator, s3, s3_bucket, prompts):
+    kwargs: dict[str, Any] = {"prompts": prompts} if prompts else {}
+    first_op, _ = _operator_with_counted_client(make_op, **kwargs)
+    _deny_listing(first_op.s3_client)
+    first = first_op.execute(make_context())
+    calls = len(emulator.state.generation_calls())
+    assert calls == len(prompts or [None])
+
+    again, s3_calls = _operator_with_counted_client(make_op, **kwargs)
+    _deny_listing(again.s3_client)
+    assert again.execute(make_context(try_number=2)) == first
+    assert len(emulator.state.generation_calls()) == calls  # nothing paid twice without LIST either
+    assert s3_calls.counts()["GetObject"] == calls  # each prompt read its manifest directly
+    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("_pending.json")]
