@@ -116,13 +116,7 @@ class VerifyingReader:
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all if negative); b"" at the end, after the final checks."""
-        while not self._exhausted and (size < 0 or len(self._buffer) < size):
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._exhausted = True
-                self._check_complete()
-                break
-            self._accept(chunk)
+        self._fill(size)
         if size < 0:
             size = len(self._buffer)
         with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
@@ -137,16 +131,20 @@ class VerifyingReader:
 
         :param limit: the most bytes to hold in memory.
         """
-        while not self._exhausted and len(self._buffer) <= limit:
+        self._fill(limit + 1)
+        if not self._exhausted or len(self._buffer) > limit:
+            return None
+        return self.read()
+
+    def _fill(self, size: int) -> None:
+        """Pull chunks until ``size`` bytes are buffered (all of them if negative) or the body ends."""
+        while not self._exhausted and (size < 0 or len(self._buffer) < size):
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._exhausted = True
                 self._check_complete()
-                break
+                return
             self._accept(chunk)
-        if not self._exhausted or len(self._buffer) > limit:
-            return None
-        return self.read()
 
     def _accept(self, chunk: bytes) -> None:
         self._digest.update(chunk)
