@@ -1,8 +1,10 @@
 """Helpers for testing DAGs that use this provider offline: a local S3 and connection env vars.
 
 Used by this project's tests, ``make demo`` and ``make bench``, and meant for users' own DAG
-tests too (together with :class:`airflow_provider_imagegen.emulator.Emulator`). Needs the ``moto``
-package with its server extra for :func:`local_s3`.
+tests too (together with :class:`airflow_provider_imagegen.emulator.Emulator`). :func:`local_s3`
+needs moto's server, which the ``testing`` extra installs::
+
+    pip install 'airflow-provider-imagegen[emulator,testing]'
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 LOCAL_REGION = "us-east-1"
+MISSING_MOTO = (
+    "airflow_provider_imagegen.testing.local_s3 needs moto's S3 server (moto[server,s3] >= 5.0.13): "
+    "install the testing extra, pip install 'airflow-provider-imagegen[emulator,testing]'"
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,14 @@ class LocalS3:
 
 @contextmanager
 def local_s3() -> Iterator[LocalS3]:
-    """Run a moto S3 server on 127.0.0.1 on a free port for the duration of the block."""
-    from moto.server import ThreadedMotoServer
+    """Run a moto S3 server on 127.0.0.1 on a free port for the duration of the block.
+
+    :raises ImportError: moto's server is not installed (the message names the ``testing`` extra).
+    """
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as error:  # moto itself, or the server extra's flask/werkzeug
+        raise ImportError(MISSING_MOTO, name=error.name) from error
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -41,7 +41,7 @@ def check_object(client: Any, uri: str, extra: dict[str, Any]) -> str | None:
     return None
 
 
-@task(inlets=[AssetAlias(IMAGES_ALIAS)])
+@task(multiple_outputs=False, inlets=[AssetAlias(IMAGES_ALIAS)])
 def validate_new_images(
     triggering_asset_events: Any = None,
     inlet_events: Any = None,

@@ -59,7 +59,7 @@ def thumbnail_key(image_key: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-@task(map_index_template="{{ thumbnail_of }}")
+@task(multiple_outputs=False, map_index_template="{{ thumbnail_of }}")
 def make_thumbnail(image: dict[str, Any], aws_conn_id: str = "aws_default") -> dict[str, Any]:
     """Read one generated image from S3 (spooled, never all images at once) and store its thumbnail."""
     import io

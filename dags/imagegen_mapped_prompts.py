@@ -52,7 +52,7 @@ def build_prompts(params: dict[str, Any] | None = None) -> list[str]:
     return prompts
 
 
-@task
+@task(multiple_outputs=False)
 def collect_results(prompts: list[str], results: list[list[dict[str, Any]]], aws_conn_id: str = "aws_default") -> dict:
     """Gather every mapped task's images (map-index order = prompt order) into ``summary.json``."""
     import json
