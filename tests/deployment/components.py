@@ -145,6 +145,23 @@ class Component:
         self._descendants = _descendants(self.process.pid)
         _signal_group(self.process.pid, signal.SIGTERM)
 
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the process and every descendant at once, as if its machine were lost; return their pids.
+
+        Descendants in process groups of their own (the task SDK puts each task in one) die too.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return []
+        import psutil
+
+        tree = [psutil.Process(self.process.pid), *_descendants(self.process.pid)]
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(tree, timeout=STOP_TIMEOUT)
+        self.process.wait(timeout=STOP_TIMEOUT)
+        return [process.pid for process in tree]
+
     def wait_or_kill(self, deadline: float) -> None:
         """Wait for the process until ``deadline`` (monotonic), then SIGKILL its group; then kill stray descendants."""
         if self.process is not None:
@@ -282,11 +299,17 @@ class AirflowDeployment:
         if result.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed ({result.returncode}):\n{log.read_text()[-4000:]}")
 
-    def start(self, name: str, *args: str) -> Component:
-        """Start ``airflow <name> <args>`` as a component."""
-        component = Component(name, [*AIRFLOW, name, *args], self.home / f"{name}.log")
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None, label: str | None = None) -> Component:
+        """Start ``airflow <name> <args>`` as a component.
+
+        :param env: added to this component's environment only (e.g. one Celery worker's settings).
+        :param label: the component's name and log file stem when several run the same command
+            (``celery-worker-a`` → ``celery-worker-a.log``); defaults to ``name``.
+        """
+        label = label or name
+        component = Component(label, [*AIRFLOW, name, *args], self.home / f"{label}.log")
         self.components.append(component)
-        component.start(self.env, self.home)
+        component.start({**self.env, **(env or {})}, self.home)
         return component
 
     def start_api_server(self) -> Component:
