@@ -23,6 +23,12 @@ The whole hierarchy, one place::
 ``retryable`` says whether the hook retries the call itself (with backoff); ``permanent`` says
 that retrying can never help, so the operator fails the task without Airflow retries (retries of
 such errors only cost money). Error texts never contain the API key.
+
+Failures of other libraries are mapped onto this tree here and nowhere else:
+:func:`error_from_response` (an HTTP error status), :func:`error_from_transport` (httpx transport
+failures, of the API call or an image download) and :func:`error_from_s3` (botocore errors).
+:func:`event_from_error` / :func:`error_from_event` carry an error through a trigger event as JSON,
+keeping its class and whether it is permanent.
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ __all__ = [
     "ImageGenStorageError",
     "ImageGenTimeoutError",
     "ImageGenValidationError",
+    "error_from_event",
     "error_from_response",
+    "error_from_s3",
+    "error_from_transport",
+    "event_from_error",
 ]
 
 _MAX_MESSAGE_CHARS = 500
@@ -87,6 +97,7 @@ class ImageGenError(AirflowException):
 
 
 def _rebuild(cls: type[ImageGenError], message: str) -> ImageGenError:
+    """An instance of ``cls`` with ``message``, whatever arguments its constructor takes."""
     error = cls.__new__(cls)
     ImageGenError.__init__(error, message)
     return error
@@ -272,3 +283,103 @@ def error_from_response(response: httpx.Response, *, secret: str | None = None) 
     ):
         return ImageGenContentPolicyError(f"The prompt was refused by content moderation: {message}", **kwargs)
     return ImageGenBadRequestError(f"The image API rejected the request: {message}", **kwargs)
+
+
+def error_from_transport(
+    error: httpx.TransportError, *, secret: str | None = None, download: bool = False
+) -> ImageGenError:
+    """An httpx transport failure as one of ours; ``secret`` is scrubbed should a transport echo it.
+
+    :param error: what httpx raised (connect, read, protocol or timeout error).
+    :param secret: the API key, never shown.
+    :param download: the failure happened while fetching an image (an :class:`ImageGenDownloadError`).
+    """
+    import httpx
+
+    detail = f"{type(error).__name__}: {error}"
+    if secret:
+        detail = detail.replace(secret, "***")
+    if download:
+        return ImageGenDownloadError(f"Image download failed: {detail}")
+    if isinstance(error, httpx.TimeoutException):
+        return ImageGenTimeoutError(f"Timed out talking to the image API: {detail}")
+    return ImageGenConnectionError(f"Could not talk to the image API: {detail}")
+
+
+_PERMANENT_S3_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidBucketName",
+        "AccountProblem",
+        "KMS.NotFoundException",
+        "KMS.DisabledException",
+        "403",
+    }
+)
+S3_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def s3_error_code(error: BaseException) -> str:
+    """The S3 error code of a botocore error (``NoSuchKey``, ``AccessDenied``...); "" if it has none."""
+    response = getattr(error, "response", None) or getattr(getattr(error, "last_exception", None), "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def error_from_s3(error: BaseException, bucket: str, key: str, *, action: str = "upload to") -> ImageGenStorageError:
+    """An S3 failure as :class:`ImageGenStorageError`, permanent when retrying cannot help.
+
+    :param error: what boto3 raised.
+    :param bucket: the bucket.
+    :param key: the object key.
+    :param action: what was being done, for the message (``upload to``, ``read of``...).
+    """
+    code = s3_error_code(error)
+    if code == "NoSuchBucket":
+        return ImageGenStorageError(
+            f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)", permanent=True
+        )
+    permanent = code in _PERMANENT_S3_CODES
+    hint = " (check the bucket name and the AWS connection's permissions)" if permanent else ""
+    return ImageGenStorageError(
+        f"S3 {action} s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}{hint}",
+        permanent=permanent,
+    )
+
+
+_EVENT_ATTRIBUTES = ("status_code", "request_id", "code", "retry_after")
+
+
+def event_from_error(error: ImageGenError) -> dict[str, Any]:
+    """An error as a JSON-safe trigger event entry that keeps its class and whether it is permanent."""
+    entry: dict[str, Any] = {
+        "status": "error",
+        "error_class": type(error).__name__,
+        "message": str(error),
+        "permanent": bool(error.permanent),
+    }
+    for name in _EVENT_ATTRIBUTES:
+        value = error.__dict__.get(name)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            entry[name] = value
+    return entry
+
+
+def error_from_event(outcome: dict[str, Any]) -> ImageGenError:
+    """Rebuild the error of an event entry as an instance of its original class (or the base class)."""
+    cls = globals().get(str(outcome.get("error_class")))
+    message = str(outcome.get("message") or "the trigger reported an error")
+    if isinstance(cls, type) and issubclass(cls, ImageGenError):
+        error = _rebuild(cls, message)
+        for name in _EVENT_ATTRIBUTES:
+            if name in outcome:
+                setattr(error, name, outcome[name])
+    else:
+        error = ImageGenError(message)
+    error.permanent = bool(outcome.get("permanent", error.permanent))
+    return error

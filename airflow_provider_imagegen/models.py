@@ -1,13 +1,17 @@
-"""The API contract as types: the allowed values, a validated request, and a generation result.
+"""The API contract as types: the allowed values, a validated request, a generation result, and
+the verified image it becomes in S3.
 
 Validation lives here, in one place, so that the hook, the operator (on rendered template
-values) and the trigger all reject bad input the same way before any network call.
+values) and the trigger all reject bad input the same way before any network call. Stdlib only:
+modules that need a request or a sha256 do not pay for httpx.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
 
@@ -132,7 +136,8 @@ class ImageGenerationRequest:
 class ImageGenerationResult:
     """What one generation call returned.
 
-    :param image_urls: the image URLs, short-lived: copy them soon. Never log or persist them.
+    :param image_urls: the image URLs, short-lived: copy them soon. Never logged; persisted only in
+        the retry record ``_pending.json`` (deleted when the try commits) and the trigger's event.
     :param request: the validated request that was sent.
     :param elapsed: seconds the call took, retries included.
     :param attempts: how many HTTP attempts were made.
@@ -148,3 +153,65 @@ class ImageGenerationResult:
     def shortfall(self) -> int:
         """How many fewer images came back than were asked for."""
         return max(0, self.request.n - len(self.image_urls))
+
+
+@dataclass(frozen=True)
+class CopiedImage:
+    """One image stored in S3 and verified; what XCom and the manifest record of it."""
+
+    index: int
+    bucket: str
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int
+    height: int
+    prompt_index: int = 0
+
+    @property
+    def s3_uri(self) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{self.key}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The small JSON-safe dict pushed to XCom (one per image)."""
+        return {"s3_uri": self.s3_uri, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CopiedImage:
+        """Rebuild from :meth:`to_dict` output (extra keys ignored)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+def prompt_digest(prompt: str) -> str:
+    """sha256 of a prompt: how logs, metadata and manifests refer to it without repeating it."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def full_object_sha256(head: dict[str, Any]) -> str | None:
+    """The object's SHA-256 (hex) from a ``HeadObject`` answer, when S3 kept one of the whole object.
+
+    A multipart upload's checksum is usually a checksum of the parts' checksums (``COMPOSITE``;
+    real S3 adds ``-<parts>``, moto does not), which says nothing comparable: None then.
+
+    :param head: the ``head_object(..., ChecksumMode="ENABLED")`` response.
+    """
+    stored = head.get("ChecksumSHA256")
+    if not stored or "-" in stored:
+        return None
+    checksum_type = head.get("ChecksumType")
+    multipart = "-" in str(head.get("ETag", ""))
+    if checksum_type == "COMPOSITE" or (checksum_type is None and multipart):
+        return None
+    return base64.b64decode(stored).hex()
+
+
+class TaskLog(Protocol):
+    """What the engine needs of a logger: the task's own (``self.log``) or any ``logging.Logger``."""
+
+    def info(self, message: Any, /, *args: Any) -> Any: ...
+
+    def warning(self, message: Any, /, *args: Any) -> Any: ...
+
+    def error(self, message: Any, /, *args: Any) -> Any: ...

@@ -1,4 +1,4 @@
-"""Stream one image URL into one S3 object, verified on the way: never the whole image in memory.
+"""The copier: one image URL → one verified S3 object, streamed: never the whole image in memory.
 
 The bytes flow download → :class:`VerifyingReader` (sha256, byte count, format and pixel-size
 checks) → S3. A check that fails raises inside ``read()``, so nothing is stored (boto3 aborts a
@@ -17,67 +17,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import (
     ImageGenError,
     ImageGenImageVerificationError,
     ImageGenStorageError,
+    error_from_s3,
 )
 from airflow_provider_imagegen.image_format import read_dimensions, sniff_format
+from airflow_provider_imagegen.models import CopiedImage, full_object_sha256
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
-    from airflow_provider_imagegen.models import ImageGenerationRequest
+    from airflow_provider_imagegen.plan import PromptJob
 
 HEADER_LIMIT = 1024 * 1024  # the pixel size must be readable within the first MiB
 SINGLE_PUT_LIMIT = 8 * 1024 * 1024  # boto3's default multipart threshold, when no TransferConfig is given
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
-_PERMANENT_S3_CODES = frozenset(
-    {
-        "NoSuchBucket",
-        "AccessDenied",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "InvalidBucketName",
-        "AccountProblem",
-        "KMS.NotFoundException",
-        "KMS.DisabledException",
-    }
-)
-
-
-@dataclass(frozen=True)
-class CopiedImage:
-    """One image stored in S3 and verified; what XCom and the manifest record of it."""
-
-    index: int
-    bucket: str
-    key: str
-    content_type: str
-    size_bytes: int
-    sha256: str
-    width: int
-    height: int
-    prompt_index: int = 0
-
-    @property
-    def s3_uri(self) -> str:
-        """``s3://bucket/key``."""
-        return f"s3://{self.bucket}/{self.key}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The small JSON-safe dict pushed to XCom (one per image)."""
-        return {"s3_uri": self.s3_uri, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CopiedImage:
-        """Rebuild from :meth:`to_dict` output (extra keys ignored)."""
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 class VerifyingReader:
@@ -188,44 +147,6 @@ def check_content_type(declared: str, expected: str) -> None:
         raise ImageGenImageVerificationError(f"Image URL served Content-Type {declared!r}, expected {expected!r}")
 
 
-def storage_error(error: BaseException, bucket: str, key: str, *, action: str = "upload to") -> ImageGenStorageError:
-    """An S3 failure as :class:`ImageGenStorageError`, permanent when retrying cannot help.
-
-    :param error: what boto3 raised.
-    :param bucket: the bucket.
-    :param key: the object key.
-    :param action: what was being done, for the message (``upload to``, ``read of``...).
-    """
-    code = ""
-    response = getattr(error, "response", None) or getattr(getattr(error, "last_exception", None), "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-    permanent = code in _PERMANENT_S3_CODES or code == "403"
-    hint = " (check the bucket name and the AWS connection's permissions)" if permanent else ""
-    return ImageGenStorageError(
-        f"S3 {action} s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}{hint}",
-        permanent=permanent,
-    )
-
-
-def full_object_sha256(head: dict[str, Any]) -> str | None:
-    """The object's SHA-256 (hex) from a ``HeadObject`` answer, when S3 kept one of the whole object.
-
-    A multipart upload's checksum is usually a checksum of the parts' checksums (``COMPOSITE``;
-    real S3 adds ``-<parts>``, moto does not), which says nothing comparable: None then.
-
-    :param head: the ``head_object(..., ChecksumMode="ENABLED")`` response.
-    """
-    stored = head.get("ChecksumSHA256")
-    if not stored or "-" in stored:
-        return None
-    checksum_type = head.get("ChecksumType")
-    multipart = "-" in str(head.get("ETag", ""))
-    if checksum_type == "COMPOSITE" or (checksum_type is None and multipart):
-        return None
-    return base64.b64decode(stored).hex()
-
-
 def verify_stored_object(s3_client: Any, bucket: str, key: str, size: int, sha256_hex: str) -> None:
     """HEAD the object and compare its size (and SHA-256 checksum, when S3 has a whole-object one).
 
@@ -247,70 +168,81 @@ def verify_stored_object(s3_client: Any, bucket: str, key: str, size: int, sha25
         raise ImageGenStorageError(f"s3://{bucket}/{key} failed verification ({', '.join(problems)}); deleted")
 
 
-def copy_image_to_s3(
-    hook: ImageGenHook,
-    s3_client: Any,
-    url: str,
-    *,
-    request: ImageGenerationRequest,
-    bucket: str,
-    key: str,
-    index: int,
-    prompt_index: int = 0,
-    extra_args: dict[str, Any] | None = None,
-    metadata: dict[str, str] | None = None,
-    transfer_config: Any = None,
-) -> CopiedImage:
-    """Stream ``url`` into ``s3://bucket/key``, verified; raise (leaving no object) if anything is off.
+class Copier:
+    """Copies image URLs into verified S3 objects of one bucket.
 
     :param hook: the image API hook (downloads carry no API key).
-    :param s3_client: a boto3 S3 client.
-    :param url: the image URL the API returned.
-    :param request: the request the image answers (format, pixel size, content type).
+    :param s3_client: a boto3 S3 client (thread-safe: one per try, shared by the copy threads).
     :param bucket: destination bucket.
-    :param key: destination key.
-    :param index: the image's index within its prompt.
-    :param prompt_index: the prompt's index (batch mode).
-    :param extra_args: further ``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
-    :param metadata: object metadata (ASCII values).
+    :param upload_args: further ``PutObject``/``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
+    :param metadata: object metadata of each job's images (ASCII values).
     :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size).
     """
-    upload_args = {
-        **(extra_args or {}),
-        "ContentType": request.content_type,
-        "Metadata": {**(extra_args or {}).get("Metadata", {}), **(metadata or {}), "image-index": str(index)},
-    }
-    single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
-    with hook.open_image(url) as image:
-        check_content_type(image.content_type, request.content_type)
-        reader = VerifyingReader(image.iter_bytes(), request.output_format, request.dimensions)
-        try:
-            body = reader.read_whole(single_put_limit)
-            if body is not None:
-                put_verified(s3_client, bucket, key, body, reader.sha256, upload_args)
-            else:
-                upload_args["ChecksumAlgorithm"] = "SHA256"
-                s3_client.upload_fileobj(reader, bucket, key, ExtraArgs=upload_args, Config=transfer_config)
-        except ImageGenError:
-            raise
-        except Exception as error:
-            raise storage_error(error, bucket, key) from error
-    if body is None:
-        _verify_multipart(s3_client, reader, bucket, key)
-    if reader.dimensions is None:  # not reached: the reader's final checks raise first
-        raise ImageGenImageVerificationError("Could not read the image's pixel size")
-    width, height = reader.dimensions
-    return CopiedImage(
-        index=index,
-        bucket=bucket,
-        key=key,
-        content_type=request.content_type,
-        size_bytes=reader.size,
-        sha256=reader.sha256,
-        width=width,
-        height=height,
-        prompt_index=prompt_index,
-    )
+
+    def __init__(
+        self,
+        hook: ImageGenHook,
+        s3_client: Any,
+        bucket: str,
+        *,
+        upload_args: dict[str, Any],
+        metadata: Callable[[PromptJob], dict[str, str]],
+        transfer_config: Any = None,
+    ) -> None:
+        self.hook = hook
+        self.s3_client = s3_client
+        self.bucket = bucket
+        self.upload_args = upload_args
+        self.metadata = metadata
+        self.transfer_config = transfer_config
+        self.single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
+
+    def copy(self, url: str, key: str, index: int, job: PromptJob) -> CopiedImage:
+        """Stream ``url`` into ``s3://{bucket}/{key}``, verified; raise (leaving no object) if anything is off.
+
+        :param url: the image URL the API returned.
+        :param key: destination key.
+        :param index: the image's index within its prompt.
+        :param job: the prompt it answers (format, pixel size, content type).
+        """
+        request = job.request
+        upload_args = {
+            **self.upload_args,
+            "ContentType": request.content_type,
+            "Metadata": {**self.upload_args.get("Metadata", {}), **self.metadata(job), "image-index": str(index)},
+        }
+        with self.hook.open_image(url) as image:
+            check_content_type(image.content_type, request.content_type)
+            reader = VerifyingReader(image.iter_bytes(), request.output_format, request.dimensions)
+            try:
+                body = reader.read_whole(self.single_put_limit)
+                if body is not None:
+                    put_verified(self.s3_client, self.bucket, key, body, reader.sha256, upload_args)
+                else:
+                    upload_args["ChecksumAlgorithm"] = "SHA256"
+                    self.s3_client.upload_fileobj(
+                        reader, self.bucket, key, ExtraArgs=upload_args, Config=self.transfer_config
+                    )
+            except ImageGenError:
+                raise
+            except Exception as error:
+                raise error_from_s3(error, self.bucket, key) from error
+        if body is None:
+            _verify_multipart(self.s3_client, reader, self.bucket, key)
+        if reader.dimensions is None:  # not reached: the reader's final checks raise first
+            raise ImageGenImageVerificationError("Could not read the image's pixel size")
+        width, height = reader.dimensions
+        return CopiedImage(
+            index=index,
+            bucket=self.bucket,
+            key=key,
+            content_type=request.content_type,
+            size_bytes=reader.size,
+            sha256=reader.sha256,
+            width=width,
+            height=height,
+            prompt_index=job.prompt_index,
+        )
 
 
 def put_verified(s3_client: Any, bucket: str, key: str, body: bytes, sha256_hex: str, args: dict[str, Any]) -> None:
@@ -342,4 +274,4 @@ def _verify_multipart(s3_client: Any, reader: VerifyingReader, bucket: str, key:
     except ImageGenError:
         raise
     except Exception as error:
-        raise storage_error(error, bucket, key) from error
+        raise error_from_s3(error, bucket, key) from error

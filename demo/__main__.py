@@ -132,7 +132,7 @@ def download_outputs(run_id: str, bucket: str) -> list[tuple[str, Path]]:
     """Copy every object under the run's prefix (images, thumbnails, manifest, gallery) locally."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from airflow_provider_imagegen.manifest import default_prefix, safe_segment
+    from airflow_provider_imagegen.plan import default_prefix, safe_segment
 
     prefix = default_prefix(DAG_ID, run_id, GENERATE_TASK_ID, -1)
     client = S3Hook(aws_conn_id="aws_default").get_conn()

@@ -1,22 +1,19 @@
-"""The HTTP side of the hook, free of Airflow: connection settings, retry policy, response parsing.
+"""The API-call side of the hook, free of Airflow: connection settings, retry policy, response parsing.
 
 Everything here is a pure function or a small value type, so it is tested without a network
 or an Airflow connection, and shared by the sync path (the hook) and the async one (the trigger).
+Image downloads (URL policy, redirects, the capped stream) have their own module, ``download``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import math
 import random
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import tenacity
@@ -24,19 +21,16 @@ import tenacity
 from airflow_provider_imagegen import __version__
 from airflow_provider_imagegen.exceptions import (
     ImageGenBadResponseError,
-    ImageGenConnectionError,
-    ImageGenDownloadError,
     ImageGenError,
     ImageGenNoImagesError,
     ImageGenRateLimitError,
-    ImageGenTimeoutError,
     ImageGenValidationError,
     error_from_response,
 )
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
 DEFAULT_BASE_URL = "https://api.highwayapi.ai"
 DEFAULT_ENDPOINT = "/v3/gpt-image-2-text-to-image"
@@ -44,8 +38,6 @@ DEFAULT_TIMEOUT = 600.0  # a high-quality 4K image can take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 3
 MAX_RETRIES_LIMIT = 20  # the connection form's maximum
-DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # far above any 4K PNG
-DEFAULT_DOWNLOAD_DEADLINE = 300.0
 MAX_RETRY_AFTER = 120.0  # a longer wait is better spent by an Airflow retry than a blocked worker
 USER_AGENT = f"airflow-provider-imagegen/{__version__} httpx/{httpx.__version__}"
 
@@ -65,6 +57,16 @@ class ConnectionSettings:
     def url(self) -> str:
         """The full URL of the generation endpoint."""
         return self.base_url + self.endpoint
+
+    @property
+    def public_url(self) -> str:
+        """The endpoint's URL without credentials, query or fragment (what a manifest may record)."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     @property
     def httpx_timeout(self) -> httpx.Timeout:
@@ -149,9 +151,7 @@ def settings_from_connection(
     ):
         if extra.get(name) not in (None, ""):
             settings[name] = _number(conn_id, name, extra[name], kind, minimum, maximum)
-    return ConnectionSettings(
-        api_key=password, base_url=normalise_base_url(host, port), endpoint=endpoint, **settings
-    )
+    return ConnectionSettings(api_key=password, base_url=normalise_base_url(host, port), endpoint=endpoint, **settings)
 
 
 def parse_image_urls(response: httpx.Response) -> list[str]:
@@ -181,16 +181,6 @@ def raise_for_status(response: httpx.Response, api_key: str) -> None:
     """Raise the mapped exception for a non-2xx response (body already read)."""
     if not response.is_success:
         raise error_from_response(response, secret=api_key)
-
-
-def translate_transport_error(error: httpx.TransportError, *, secret: str | None = None) -> ImageGenConnectionError:
-    """An httpx transport failure as one of ours; ``secret`` is scrubbed should a transport echo it."""
-    detail = f"{type(error).__name__}: {error}"
-    if secret:
-        detail = detail.replace(secret, "***")
-    if isinstance(error, httpx.TimeoutException):
-        return ImageGenTimeoutError(f"Timed out talking to the image API: {detail}")
-    return ImageGenConnectionError(f"Could not talk to the image API: {detail}")
 
 
 @dataclass(frozen=True)
@@ -231,98 +221,6 @@ class RetryPolicy:
             "before_sleep": before_sleep,
             "reraise": True,
         }
-
-
-def prompt_digest(prompt: str) -> str:
-    """sha256 of a prompt: how logs, metadata and manifests refer to it without repeating it."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-
-
-def _is_internal_host(host: str) -> bool:
-    host = host.strip("[]").rstrip(".").lower()
-    if not host or host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        # The system resolver also takes the legacy forms "127.1", "2130706433", "0x7f.0.0.1".
-        try:
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return False  # a DNS name
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    # not global: loopback, private, link-local (cloud metadata), shared (100.64/10), reserved...
-    return not address.is_global or address.is_multicast
-
-
-def check_image_url(url: str, base_url: str) -> None:
-    """Refuse image URLs that could leak data or reach internal services.
-
-    Allowed: https URLs to public hosts, and any URL on the API base URL's own origin (that is
-    how a local emulator serves its images). Loopback, private and link-local hosts are refused
-    unless they are the API's own host.
-    """
-    target, base = urlsplit(url), urlsplit(base_url)
-    if (target.scheme, target.netloc) == (base.scheme, base.netloc):
-        return
-    if target.scheme != "https":
-        raise ImageGenDownloadError(f"Refusing image URL with scheme {target.scheme!r}: only https is allowed")
-    if _is_internal_host(target.hostname or ""):
-        raise ImageGenDownloadError(f"Refusing image URL on internal host {target.hostname!r}")
-
-
-class ImageStream:
-    """A streaming image download: checked status, a byte cap and a total deadline.
-
-    :param response: an httpx streaming response (not yet read).
-    :param max_bytes: the most bytes accepted.
-    :param deadline: seconds the whole body may take, not only one read.
-    """
-
-    def __init__(self, response: httpx.Response, *, max_bytes: int, deadline: float) -> None:
-        self.response = response
-        self.max_bytes = max_bytes
-        self._deadline_at = time.monotonic() + deadline
-        self.deadline = deadline
-        self.bytes_read = 0
-
-    @property
-    def content_type(self) -> str:
-        """The Content-Type the server declared, without parameters."""
-        return self.response.headers.get("content-type", "").split(";")[0].strip().lower()
-
-    @property
-    def content_length(self) -> int | None:
-        """The declared length, if any."""
-        value = self.response.headers.get("content-length")
-        return int(value) if value and value.isdigit() else None
-
-    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
-        """Yield the body in chunks, enforcing the cap and deadline; errors become download errors."""
-        declared = self.content_length
-        if declared is not None and declared > self.max_bytes:
-            raise ImageGenDownloadError(f"Image is {declared} bytes, above the cap of {self.max_bytes}")
-        try:
-            # as they arrive (not re-chunked): a trickling body must meet the deadline check early
-            for chunk in self.response.iter_bytes(chunk_size):
-                self.bytes_read += len(chunk)
-                if self.bytes_read > self.max_bytes:
-                    raise ImageGenDownloadError(f"Image exceeds the cap of {self.max_bytes} bytes")
-                if time.monotonic() > self._deadline_at:
-                    raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
-                yield chunk
-        except httpx.HTTPError as error:
-            raise ImageGenDownloadError(
-                f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
-            ) from error
-        # Content-Length counts the bytes on the wire, which differ from the decoded ones when the
-        # server compressed the body (Content-Encoding: gzip): compare like with like.
-        encoding = self.response.headers.get("content-encoding", "").strip().lower()
-        received = self.response.num_bytes_downloaded if encoding not in ("", "identity") else self.bytes_read
-        if declared is not None and received != declared:
-            raise ImageGenDownloadError(f"Image body cut short: {received} of {declared} bytes")
 
 
 _SSL_CONTEXT: ssl.SSLContext | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -16,28 +15,25 @@ from airflow.sdk import BaseHook
 from airflow_provider_imagegen.exceptions import (
     ImageGenAuthenticationError,
     ImageGenBadRequestError,
-    ImageGenDownloadError,
     ImageGenError,
     ImageGenNotFoundError,
+    error_from_transport,
 )
+from airflow_provider_imagegen.hooks import download
 from airflow_provider_imagegen.hooks._client import (
-    DEFAULT_DOWNLOAD_DEADLINE,
-    DEFAULT_MAX_IMAGE_BYTES,
     USER_AGENT,
     ConnectionSettings,
-    ImageStream,
     RetryPolicy,
-    check_image_url,
     parse_image_urls,
     raise_for_status,
     settings_from_connection,
     shared_ssl_context,
-    translate_transport_error,
 )
+from airflow_provider_imagegen.hooks.download import DEFAULT_DOWNLOAD_DEADLINE, DEFAULT_MAX_IMAGE_BYTES
 from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
 
     from airflow.sdk import Connection
 
@@ -243,7 +239,7 @@ class ImageGenHook(BaseHook):
         try:
             response = self.client.post(settings.url, json=request.to_json(), headers=settings.headers())
         except httpx.TransportError as error:
-            raise translate_transport_error(error, secret=settings.api_key) from None
+            raise error_from_transport(error, secret=settings.api_key) from None
         raise_for_status(response, settings.api_key)
         return parse_image_urls(response), response.headers.get("x-request-id")
 
@@ -282,7 +278,7 @@ class ImageGenHook(BaseHook):
             try:
                 response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
             except httpx.TransportError as error:
-                raise translate_transport_error(error, secret=settings.api_key) from None
+                raise error_from_transport(error, secret=settings.api_key) from None
             raise_for_status(response, settings.api_key)
             return parse_image_urls(response), response.headers.get("x-request-id")
 
@@ -298,49 +294,24 @@ class ImageGenHook(BaseHook):
 
     # -- downloads ---------------------------------------------------------------------------
 
-    @contextmanager
-    def open_image(self, url: str) -> Iterator[ImageStream]:
+    def open_image(self, url: str) -> AbstractContextManager[download.ImageStream]:
         """Stream one image: ``with hook.open_image(url) as image: for chunk in image.iter_bytes(): ...``.
 
         The URL is checked first (https, or the API's own origin; no internal hosts). No
         Authorization header is sent; redirects are followed only to https URLs. A non-200
         answer (an expired URL gives 403/404) raises :class:`ImageGenDownloadError`.
+
+        :param url: an image URL the API returned.
         """
         settings = self.settings
-        check_image_url(url, settings.base_url)
-        timeout = httpx.Timeout(min(settings.timeout, self.download_deadline), connect=settings.connect_timeout)
-        try:
-            with self.client.stream("GET", url, timeout=timeout) as first:
-                response = self._follow_https_redirects(first, settings.base_url)
-                try:
-                    if response.status_code != 200:
-                        raise ImageGenDownloadError(
-                            f"Image URL answered HTTP {response.status_code} (expired or refused)"
-                        )
-                    yield ImageStream(response, max_bytes=self.max_image_bytes, deadline=self.download_deadline)
-                finally:
-                    response.close()  # the response after redirects is not the one `stream` closes
-        except httpx.TransportError as error:
-            raise ImageGenDownloadError(f"Image download failed: {type(error).__name__}: {error}") from None
-
-    def _follow_https_redirects(self, response: httpx.Response, base_url: str) -> httpx.Response:
-        """The final response after at most 5 redirects, each to a checked https URL.
-
-        Every intermediate response is closed, also when a redirect is refused.
-        """
-        for _ in range(5):
-            if not response.is_redirect or response.next_request is None:
-                return response
-            try:
-                target = str(response.next_request.url)
-                check_image_url(target, base_url)
-                if not target.startswith("https://"):
-                    raise ImageGenDownloadError("Refusing a redirect of an image URL to a non-https URL")
-            finally:
-                response.close()
-            response = self.client.send(response.next_request, stream=True)
-        response.close()
-        raise ImageGenDownloadError("Too many redirects for an image URL")
+        return download.open_image(
+            self.client,
+            url,
+            base_url=settings.base_url,
+            timeout=httpx.Timeout(min(settings.timeout, self.download_deadline), connect=settings.connect_timeout),
+            max_bytes=self.max_image_bytes,
+            deadline=self.download_deadline,
+        )
 
     # -- UI ----------------------------------------------------------------------------------
 
@@ -361,7 +332,7 @@ class ImageGenHook(BaseHook):
                 response = client.post(settings.url, json={"prompt": "", "n": 0}, headers=settings.headers())
             raise_for_status(response, settings.api_key)
         except httpx.TransportError as error:
-            return False, str(translate_transport_error(error, secret=settings.api_key))
+            return False, str(error_from_transport(error, secret=settings.api_key))
         except (ImageGenAuthenticationError, ImageGenNotFoundError) as error:
             return False, str(error)
         except ImageGenBadRequestError:

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_imagegen import exceptions
-from airflow_provider_imagegen.exceptions import ImageGenError
+from airflow_provider_imagegen.exceptions import ImageGenError, event_from_error
 
 # imported here, not inside run(): an import inside the event loop would block it
 from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
@@ -31,6 +30,7 @@ from airflow_provider_imagegen.models import ImageGenerationRequest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
 
 class ImageGenTrigger(BaseTrigger):
     """Generate images for one or more prompts in the triggerer.
@@ -118,35 +118,3 @@ def _as_imagegen_error(error: Exception) -> ImageGenError:
     if isinstance(error, ImageGenError):
         return error
     return ImageGenError(f"{type(error).__name__}: {error}")
-
-
-def event_from_error(error: ImageGenError) -> dict[str, Any]:
-    """An error as a JSON-safe event entry that keeps its class and whether it is permanent."""
-    entry: dict[str, Any] = {
-        "status": "error",
-        "error_class": type(error).__name__,
-        "message": str(error),
-        "permanent": bool(error.permanent),
-    }
-    for name in ("status_code", "request_id", "code", "retry_after"):
-        value = error.__dict__.get(name)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            entry[name] = value
-    return entry
-
-
-def error_from_event(outcome: dict[str, Any]) -> ImageGenError:
-    """Rebuild the error of an event entry as an instance of its original class (or the base class)."""
-    cls = getattr(exceptions, str(outcome.get("error_class")), None)
-    message = str(outcome.get("message") or "the trigger reported an error")
-    error: ImageGenError
-    if isinstance(cls, type) and issubclass(cls, ImageGenError):
-        error = cls.__new__(cls)
-        ImageGenError.__init__(error, message)
-        for name in ("status_code", "request_id", "code", "retry_after"):
-            if name in outcome:
-                setattr(error, name, outcome[name])
-    else:
-        error = ImageGenError(message)
-    error.permanent = bool(outcome.get("permanent", error.permanent))
-    return error

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from airflow_provider_imagegen.manifest import default_prefix
+from airflow_provider_imagegen.plan import default_prefix
 
 from .support import (
     DAGS_FOLDER,
@@ -125,7 +125,7 @@ def test_daily_content_deferrable(run_dag, emulator, s3_server, s3_bucket, monke
 
 
 def test_mapped_prompts_end_to_end(run_dag, emulator, s3_server, s3_bucket):
-    from airflow_provider_imagegen.manifest import safe_segment
+    from airflow_provider_imagegen.plan import safe_segment
 
     with (DAGS_FOLDER / "data" / "catalogue.csv").open(encoding="utf-8") as handle:
         skus = [row["sku"] for row in csv.DictReader(handle)]

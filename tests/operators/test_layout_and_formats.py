@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from airflow_provider_imagegen.exceptions import ImageGenImageVerificationError
 from airflow_provider_imagegen.image_format import read_dimensions, sniff_format
-from airflow_provider_imagegen.manifest import default_prefix, image_key, safe_segment
+from airflow_provider_imagegen.plan import default_prefix, image_key, safe_segment
 from airflow_provider_imagegen.transfer import CopiedImage, VerifyingReader, check_content_type
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9._=/-]+$")
@@ -236,7 +236,13 @@ def test_copied_image_dict_round_trip():
 
 
 def test_as_int_and_metadata_helpers():
-    from airflow_provider_imagegen.operators.imagegen import _as_int, _metadata_value, _parse_list, _public_url
+    from airflow_provider_imagegen.hooks._client import ConnectionSettings
+    from airflow_provider_imagegen.plan import as_int as _as_int
+    from airflow_provider_imagegen.plan import metadata_value as _metadata_value
+    from airflow_provider_imagegen.plan import parse_list as _parse_list
+
+    def _public_url(url):
+        return ConnectionSettings(api_key="k", base_url=url, endpoint="").public_url
 
     assert _as_int("n", "3") == 3
     assert _as_int("n", " 10 ") == 10

@@ -139,16 +139,16 @@ def test_bad_big_download_aborts_its_multipart_upload(make_op, context, emulator
 
 
 def test_one_bad_image_among_good_ones_leaves_no_final_object(make_op, context, emulator, s3, s3_bucket, monkeypatch):
-    from airflow_provider_imagegen import transfer
+    from airflow_provider_imagegen.transfer import Copier
 
-    real = transfer.copy_image_to_s3
+    real = Copier.copy
 
-    def copy(hook, s3_client, url, **kwargs):
-        if kwargs["index"] == 2:
+    def copy(self, url, key, index, job):
+        if index == 2:
             raise ImageGenImageVerificationError("image 2 is not a PNG")
-        return real(hook, s3_client, url, **kwargs)
+        return real(self, url, key, index, job)
 
-    monkeypatch.setattr(transfer, "copy_image_to_s3", copy)
+    monkeypatch.setattr(Copier, "copy", copy)
     with pytest.raises(ImageGenImageVerificationError, match="image 2"):
         make_op(n=4, upload_concurrency=1).execute(context)
     assert _final_keys(s3, s3_bucket) == []

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from airflow_provider_imagegen.hooks._client import prompt_digest
+from airflow_provider_imagegen.models import prompt_digest
 from tests.support import (
     RUN_ID,
     list_keys,

@@ -151,13 +151,13 @@ def test_expired_recorded_urls_are_regenerated_exactly_once(make_op, emulator, s
 
 
 def test_worker_killed_between_upload_and_manifest(make_op, emulator, s3, s3_bucket, monkeypatch):
-    from airflow_provider_imagegen import manifest
+    from airflow_provider_imagegen.records import RecordStore
 
     def killed(*args, **kwargs):
         raise SystemExit("worker killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(manifest, "write_manifest", killed)
+        patch.setattr(RecordStore, "commit", killed)
         with pytest.raises(SystemExit):
             make_op(n=2).execute(make_context(try_number=1))
     keys = list_keys(s3, s3_bucket)

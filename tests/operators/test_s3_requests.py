@@ -38,7 +38,7 @@ class S3Calls:
 
 def _operator_with_counted_client(make_op: Any, **kwargs: Any) -> tuple[Any, S3Calls]:
     op = make_op(real_s3_client=True, **kwargs)
-    op._prepare()  # builds the client (from the AWS connection, through S3Hook)
+    _ = op.s3_client  # builds the client (from the AWS connection, through S3Hook)
     return op, S3Calls(op.s3_client)
 
 
@@ -132,14 +132,17 @@ def test_a_rerun_removes_a_pending_record_a_killed_try_left_beside_its_manifest(
 
 
 def test_pending_records_are_deleted_1000_per_request(s3, s3_bucket):
-    from airflow_provider_imagegen.manifest import delete_pending
+    import logging
+
+    from airflow_provider_imagegen.records import RecordStore
 
     prefixes = [f"batch/{i:04d}" for i in range(2500)]
     for prefix in (prefixes[0], prefixes[1500], prefixes[-1]):
         s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/_pending.json", Body=b"{}")
     s3_calls = S3Calls(s3)
     try:
-        delete_pending(s3, s3_bucket, prefixes)  # most of them do not exist: S3 deletes are idempotent
+        store = RecordStore(s3, s3_bucket, upload_args={}, log=logging.getLogger(__name__))
+        store.drop_pending(prefixes)  # most of them do not exist: S3 deletes are idempotent
     finally:
         s3.meta.events.unregister("before-call.s3", s3_calls._record)
     assert s3_calls.counts() == Counter({"DeleteObjects": 3})

@@ -379,12 +379,12 @@ def _special_setup(row: Fault, *, monkeypatch, until_retry, set_imagegen_conn) -
     elif row.setup == "missing_bucket":
         return {"s3_bucket": "imagegen-no-such-bucket", "real_s3_client": True}
     elif row.setup == "kill_before_manifest":
-        from airflow_provider_imagegen import manifest
+        from airflow_provider_imagegen.records import RecordStore
 
         def killed(*args: Any, **kwargs: Any) -> None:
             raise SystemExit("worker killed")
 
-        until_retry.setattr(manifest, "write_manifest", killed)
+        until_retry.setattr(RecordStore, "commit", killed)
     return {}
 
 

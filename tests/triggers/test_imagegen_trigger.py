@@ -18,9 +18,11 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenError,
     ImageGenServerError,
     ImageGenValidationError,
+    error_from_event,
+    event_from_error,
 )
 from airflow_provider_imagegen.models import ImageGenerationRequest
-from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger, error_from_event, event_from_error
+from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger
 
 CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
 

@@ -1,0 +1,219 @@
+"""One prompt's life in a try: reuse what an earlier try left, else generate; record, copy, commit.
+
+The order is the retry-safety protocol: a verified manifest is reused as it is; URLs an earlier
+try recorded are copied without a new API call; otherwise the API is called, the URLs are
+recorded (``_pending.json``, written while the copy starts), every image is copied and verified,
+and the manifest is written last, only once the record is stored. Anything that fails after a
+copy removes what it copied, so no image stays under a final key without a manifest.
+
+The parts are passed in: the hook (API calls and downloads), the record store (S3 records),
+the copier (one URL → one object) and the runner (threads and bounds).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, error_from_event
+from airflow_provider_imagegen.models import ImageGenerationResult, prompt_digest
+from airflow_provider_imagegen.records import Generation, Manifest, utcnow_iso
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Future
+
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+    from airflow_provider_imagegen.models import CopiedImage, TaskLog
+    from airflow_provider_imagegen.plan import Plan, PromptJob
+    from airflow_provider_imagegen.records import RecordStore
+    from airflow_provider_imagegen.runner import Runner
+    from airflow_provider_imagegen.transfer import Copier
+
+
+class PromptPipeline:
+    """The protocol for every prompt of one plan.
+
+    :param plan: what this try does.
+    :param hook: the image API hook.
+    :param store: the retry-safety records.
+    :param copier: copies one URL into one verified object.
+    :param runner: threads and bounds.
+    :param log: the task's logger.
+    """
+
+    def __init__(
+        self, *, plan: Plan, hook: ImageGenHook, store: RecordStore, copier: Copier, runner: Runner, log: TaskLog
+    ) -> None:
+        self.plan = plan
+        self.hook = hook
+        self.store = store
+        self.copier = copier
+        self.runner = runner
+        self.log = log
+
+    def run(self) -> list[CopiedImage]:
+        """Every prompt of the plan, bounded and in prompt order (the worker-side mode)."""
+        return self.runner.run(self.plan.jobs, self.produce)
+
+    def produce(self, job: PromptJob) -> list[CopiedImage]:
+        """One prompt: reuse a verified earlier result, else copy recorded URLs, else generate."""
+        images = self.earlier(job)
+        if images is not None:
+            return images
+        return self.land_generated(job, self.generate(job))
+
+    def earlier(self, job: PromptJob) -> list[CopiedImage] | None:
+        """What an earlier try left: its verified images, or its recorded URLs copied now; else None."""
+        images = self.store.reuse(job)
+        if images is not None:
+            return images
+        pending = self.store.pending(job)
+        if pending is None:
+            return None
+        self.log.info(
+            "Prompt %d: copying the %d image(s) an earlier try generated (no new API call)",
+            job.prompt_index,
+            len(pending.image_urls),
+        )
+        try:
+            return self._land(job, pending.image_urls, pending.generation)
+        except ImageGenDownloadError as error:
+            self.log.warning(
+                "Prompt %d: the image URLs recorded by an earlier try are no longer usable (%s); generating again",
+                job.prompt_index,
+                error,
+            )
+        return None
+
+    def generate(self, job: PromptJob) -> ImageGenerationResult:
+        """Call the API for ``job`` within a generation slot."""
+        request = job.request
+        self.log.info(
+            "Prompt %d: generating %d %s %s image(s), quality %s (prompt sha256 %s…, %r)",
+            job.prompt_index,
+            request.n,
+            request.size,
+            request.output_format,
+            request.quality,
+            prompt_digest(request.prompt)[:12],
+            _preview(request.prompt),
+        )
+        with self.runner.generation_slot():
+            result = self.hook.send(request)
+        self.log.info(
+            "Prompt %d: the API returned %d of %d image(s) in %.1f s (%d attempt(s))",
+            job.prompt_index,
+            len(result.image_urls),
+            request.n,
+            result.elapsed,
+            result.attempts,
+        )
+        return result
+
+    def resume(self, job: PromptJob, outcome: dict[str, Any] | None) -> list[CopiedImage]:
+        """One prompt after the trigger: land what it generated, or raise the error it reported.
+
+        :param job: the prompt.
+        :param outcome: the trigger's entry for it; None when it was done before deferring.
+        """
+        if outcome is None:
+            images = self.store.reuse(job)
+            if images is None:
+                raise ImageGenError(f"Prompt {job.prompt_index}: no result from the trigger")
+            return images
+        if outcome.get("status") != "success":
+            raise error_from_event(outcome)
+        result = ImageGenerationResult(
+            image_urls=list(outcome["image_urls"]),
+            request=job.request,
+            elapsed=float(outcome.get("elapsed", 0.0)),
+            attempts=int(outcome.get("attempts", 1)),
+            request_id=outcome.get("request_id"),
+        )
+        return self.land_generated(job, result)
+
+    def land_generated(self, job: PromptJob, result: ImageGenerationResult) -> list[CopiedImage]:
+        """Check the count, record the URLs (so a retry does not pay again), then copy them.
+
+        The record is written while the copy starts, not before it: the manifest (the commit
+        point) waits for it, and a failed copy returns only once the record is stored.
+        """
+        self._check_count(job, len(result.image_urls))
+        generation = Generation(
+            generated_at=utcnow_iso(), generation_seconds=round(result.elapsed, 3), request_id=result.request_id
+        )
+        recorded = self.runner.alongside(self.store.record_pending, job, result.image_urls, generation)
+        try:
+            return self._land(job, result.image_urls, generation, recorded)
+        finally:
+            recorded.exception()  # waits for the write, whatever happened to the copy
+
+    def _land(
+        self, job: PromptJob, urls: Sequence[str], generation: Generation, recorded: Future[Any] | None = None
+    ) -> list[CopiedImage]:
+        """Copy every URL (all or nothing), then write the manifest: the commit point."""
+        with self.runner.landing_slot():
+            started = time.monotonic()
+
+            def progress(done: int, image: CopiedImage) -> None:
+                self.log.info(
+                    "Prompt %d: %d/%d uploaded %s, %.1f MB",
+                    job.prompt_index,
+                    done,
+                    len(urls),
+                    image.s3_uri,
+                    image.size_bytes / 1e6,
+                )
+
+            images = self.runner.copy_all(
+                len(urls),
+                lambda index: self.copier.copy(urls[index], job.image_key(index), index, job),
+                undo=self.store.discard,
+                progress=progress,
+            )
+            manifest = Manifest.build(
+                request=job.request,
+                images=images,
+                endpoint=self.hook.settings.public_url,
+                task=self.plan.task.record(job.prompt_index),
+                generation=generation,
+            )
+            try:
+                if recorded is not None:
+                    recorded.result()
+                self.store.commit(job, manifest)
+            except Exception:
+                self.store.discard(images)  # no manifest vouches for them: leave no image under a final key
+                raise
+        self.log.info(
+            "Prompt %d: %d image(s), %.1f MB, copied and verified in %.1f s; manifest s3://%s/%s/manifest.json",
+            job.prompt_index,
+            len(images),
+            sum(image.size_bytes for image in images) / 1e6,
+            time.monotonic() - started,
+            self.plan.bucket,
+            job.prefix,
+        )
+        return images
+
+    def _check_count(self, job: PromptJob, received: int) -> None:
+        asked, min_images = job.request.n, self.plan.min_images
+        if received < min_images:
+            raise ImageGenError(
+                f"Prompt {job.prompt_index}: the API returned {received} of {asked} requested image(s), "
+                f"fewer than min_images={min_images}"
+            )
+        if received < asked:
+            self.log.warning(
+                "Prompt %d: the API returned %d of %d requested image(s) (min_images=%d); continuing",
+                job.prompt_index,
+                received,
+                asked,
+                min_images,
+            )
+
+
+def _preview(prompt: str, limit: int = 60) -> str:
+    flat = " ".join(prompt.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,456 @@
+"""The retry-safety records kept beside the images, and the one store that reads and writes them.
+
+Two small JSON objects live under each prompt's prefix (layout in ``plan``):
+
+* ``manifest.json``: the commit point, written last. Its presence means every image it lists
+  was stored and verified; a later try of the same request reuses them without paying again.
+* ``_pending.json``: the generated (signed, short-lived) image URLs, written alongside the copy
+  so that a try that fails after paying lets the next try copy them instead of generating again.
+  Deleted once the manifest is written (all prompts' records together, at the end of the try).
+
+Both carry a fingerprint of the request (prompt and parameters): a record written for another
+request (the DAG changed between tries) is never mistaken for this one's. A record that exists
+but cannot be read or parsed is an error, not "missing": treating it as missing would pay again.
+
+:class:`RecordStore` is the only code that touches these records; everything else asks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagegen.exceptions import (
+    S3_MISSING_CODES,
+    ImageGenStorageError,
+    error_from_s3,
+    s3_error_code,
+)
+from airflow_provider_imagegen.models import CopiedImage, ImageGenerationRequest, full_object_sha256, prompt_digest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from airflow_provider_imagegen.models import TaskLog
+    from airflow_provider_imagegen.plan import PromptJob
+
+MANIFEST_NAME = "manifest.json"
+PENDING_NAME = "_pending.json"
+SCHEMA_VERSION = 1
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+# upload ExtraArgs that put_object takes too (encryption and ACL apply to the records as well)
+_RECORD_PUT_ARGS = (
+    "ServerSideEncryption",
+    "SSEKMSKeyId",
+    "SSEKMSEncryptionContext",
+    "BucketKeyEnabled",
+    "ACL",
+    "ExpectedBucketOwner",
+    "RequestPayer",
+    "Tagging",
+    "StorageClass",
+)
+
+
+def manifest_key(prefix: str) -> str:
+    """``{prefix}/manifest.json``."""
+    return f"{prefix}/{MANIFEST_NAME}"
+
+
+def pending_key(prefix: str) -> str:
+    """``{prefix}/_pending.json``."""
+    return f"{prefix}/{PENDING_NAME}"
+
+
+def utcnow_iso() -> str:
+    """Now, as an ISO 8601 UTC timestamp."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def request_fingerprint(request: ImageGenerationRequest) -> str:
+    """sha256 of the request body (prompt and every parameter), to tie records to one request."""
+    return hashlib.sha256(json.dumps(request.to_json(), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the API call that produced a prompt's images said of itself (kept for the manifest)."""
+
+    generated_at: str = ""
+    generation_seconds: float | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """``_pending.json``: the URLs one generation returned, kept until the images are committed."""
+
+    image_urls: tuple[str, ...]
+    request_fingerprint: str
+    generation: Generation
+    saved_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored JSON object."""
+        return {
+            "image_urls": list(self.image_urls),
+            "request_fingerprint": self.request_fingerprint,
+            "saved_at": self.saved_at,
+            **asdict(self.generation),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PendingRecord:
+        """Parse a stored record; ``ValueError`` when it is not one."""
+        urls = data.get("image_urls") if isinstance(data, dict) else None
+        if not isinstance(urls, list) or not urls or not all(isinstance(url, str) for url in urls):
+            raise ValueError("no list of image URLs")
+        seconds = data.get("generation_seconds")
+        return cls(
+            image_urls=tuple(urls),
+            request_fingerprint=str(data.get("request_fingerprint", "")),
+            generation=Generation(
+                generated_at=str(data.get("generated_at") or ""),
+                generation_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+                request_id=data.get("request_id") if isinstance(data.get("request_id"), str) else None,
+            ),
+            saved_at=str(data.get("saved_at") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: one prompt's verified images, what was asked, when and where."""
+
+    task: dict[str, Any]
+    endpoint: str
+    prompt: str
+    prompt_sha256: str
+    request: dict[str, Any]
+    request_fingerprint: str
+    requested_images: int
+    generation: Generation
+    images: tuple[CopiedImage, ...]
+    completed_at: str = ""
+    status: str = "complete"
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        request: ImageGenerationRequest,
+        images: Sequence[CopiedImage],
+        endpoint: str,
+        task: dict[str, Any],
+        generation: Generation,
+    ) -> Manifest:
+        """The manifest of ``images``, just verified, for ``request``.
+
+        :param request: the validated request.
+        :param images: the verified images, in index order.
+        :param endpoint: the generation endpoint's URL (no credentials).
+        :param task: dag/run/task ids, map index, try number and prompt index.
+        :param generation: what the API call said of itself.
+        """
+        return cls(
+            task=task,
+            endpoint=endpoint,
+            prompt=request.prompt,
+            prompt_sha256=prompt_digest(request.prompt),
+            request={k: v for k, v in request.to_json().items() if k != "prompt"},
+            request_fingerprint=request_fingerprint(request),
+            requested_images=request.n,
+            generation=generation,
+            images=tuple(images),
+            completed_at=utcnow_iso(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored JSON object (its field names are documented in the README)."""
+        return {
+            "schema_version": self.schema_version,
+            "status": self.status,
+            "task": self.task,
+            "endpoint": self.endpoint,
+            "prompt": self.prompt,
+            "prompt_sha256": self.prompt_sha256,
+            "request": self.request,
+            "request_fingerprint": self.request_fingerprint,
+            "requested_images": self.requested_images,
+            "received_images": len(self.images),
+            "generated_at": self.generation.generated_at,
+            "generation_seconds": self.generation.generation_seconds,
+            "api_request_id": self.generation.request_id,
+            "completed_at": self.completed_at,
+            "images": [image.to_dict() for image in self.images],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        """Parse a stored manifest; ``ValueError`` when it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        try:
+            images = tuple(CopiedImage.from_dict(item) for item in data.get("images") or ())
+            seconds = data.get("generation_seconds")
+            return cls(
+                task=dict(data.get("task") or {}),
+                endpoint=str(data.get("endpoint") or ""),
+                prompt=str(data.get("prompt", "")),
+                prompt_sha256=str(data.get("prompt_sha256", "")),
+                request=dict(data.get("request") or {}),
+                request_fingerprint=str(data.get("request_fingerprint", "")),
+                requested_images=int(data.get("requested_images") or 0),
+                generation=Generation(
+                    generated_at=str(data.get("generated_at") or ""),
+                    generation_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+                    request_id=data.get("api_request_id"),
+                ),
+                images=images,
+                completed_at=str(data.get("completed_at") or ""),
+                status=str(data.get("status", "")),
+                schema_version=int(data.get("schema_version") or 0),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"missing or malformed field: {error}") from error
+
+
+class RecordStore:
+    """The retry-safety protocol of one task try, on one S3 client and bucket.
+
+    ``survey`` (one LIST) → per prompt ``reuse`` (a verified manifest) or ``pending`` (recorded
+    URLs) → ``record_pending`` → the copy → ``commit`` (the manifest) or ``discard`` (the copied
+    objects) → at the end of the try ``drop_committed`` (the pending records of committed prompts).
+
+    :param s3_client: a boto3 S3 client (thread-safe; shared by the copy threads).
+    :param bucket: the bucket.
+    :param upload_args: upload ExtraArgs; encryption, ACL, tags and storage class apply to the records.
+    :param log: where to say what was found.
+    """
+
+    def __init__(self, s3_client: Any, bucket: str, *, upload_args: dict[str, Any], log: TaskLog) -> None:
+        self.s3_client = s3_client
+        self.bucket = bucket
+        self.log = log
+        self._put_args = {k: v for k, v in upload_args.items() if k in _RECORD_PUT_ARGS}
+        self._present: dict[str, frozenset[str]] | None = None  # None: unknown (listing denied or not done)
+        self._committed: list[str] = []  # list.append is atomic: the copy threads commit concurrently
+
+    # -- what earlier tries left -------------------------------------------------------------------
+
+    def survey(self, prefix: str, *, nested: bool) -> None:
+        """List the records under ``prefix`` (``nested``: under every sub-prefix), in one paginated LIST.
+
+        A fresh run then costs one request instead of two failed GETs per prompt. When listing is
+        denied (a role without ``s3:ListBucket``) the store reads each record directly instead.
+        A missing bucket raises a permanent error, before anything is generated.
+
+        :param prefix: the task's prefix (batch mode: the parent of the prompts' prefixes).
+        :param nested: batch mode: records of ``{prefix}/{i:03d}/`` too.
+        """
+        found: dict[str, set[str]] = {}
+        try:
+            pages = self.s3_client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{prefix}/", **({} if nested else {"Delimiter": "/"})
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    parent, _, name = item["Key"].rpartition("/")
+                    if name in (MANIFEST_NAME, PENDING_NAME):
+                        found.setdefault(parent, set()).add(name)
+        except Exception as error:
+            if s3_error_code(error) in ("AccessDenied", "403"):
+                self._present = None
+                return
+            raise error_from_s3(error, self.bucket, f"{prefix}/", action="listing of") from error
+        self._present = {parent: frozenset(names) for parent, names in found.items()}
+
+    def _may_exist(self, prefix: str, name: str) -> bool:
+        return self._present is None or name in self._present.get(prefix, frozenset())
+
+    def reuse(self, job: PromptJob) -> list[CopiedImage] | None:
+        """The verified images of an earlier try's manifest for this request; None if there are none.
+
+        A manifest that no longer holds (another request, a missing or changed object) is deleted
+        before its objects are overwritten: it must not vouch for them meanwhile.
+        """
+        if not self._may_exist(job.prefix, MANIFEST_NAME):
+            return None
+        manifest = self.read_manifest(job.prefix)
+        if manifest is None:
+            return None
+        images = self._verified(manifest, job)
+        if images is None:
+            self.log.warning(
+                "Prompt %d: s3://%s/%s from an earlier run does not match this request "
+                "or its objects changed; producing the images again",
+                job.prompt_index,
+                self.bucket,
+                manifest_key(job.prefix),
+            )
+            self._delete(manifest_key(job.prefix))
+            return None
+        if self._may_exist(job.prefix, PENDING_NAME):  # left by a try killed before cleaning up
+            self._committed.append(job.prefix)
+        self.log.info(
+            "Prompt %d: s3://%s/%s already holds %d verified image(s) from an earlier try; no API call",
+            job.prompt_index,
+            self.bucket,
+            job.prefix,
+            len(images),
+        )
+        return images
+
+    def pending(self, job: PromptJob) -> PendingRecord | None:
+        """The URLs an earlier try of this same request generated and did not commit; else None."""
+        if not self._may_exist(job.prefix, PENDING_NAME):
+            return None
+        data = self._read(pending_key(job.prefix))
+        if data is None:
+            return None
+        record = self._parse(PendingRecord.from_json, data, pending_key(job.prefix))
+        return record if record.request_fingerprint == request_fingerprint(job.request) else None
+
+    def read_manifest(self, prefix: str) -> Manifest | None:
+        """The manifest stored under ``prefix``, whatever request it was for; None if absent.
+
+        :param prefix: a prompt's prefix.
+        """
+        data = self._read(manifest_key(prefix))
+        return None if data is None else self._parse(Manifest.from_json, data, manifest_key(prefix))
+
+    def _verified(self, manifest: Manifest, job: PromptJob) -> list[CopiedImage] | None:
+        if manifest.status != "complete" or not manifest.images:
+            return None
+        if manifest.request_fingerprint != request_fingerprint(job.request):
+            return None
+        if any(image.bucket != self.bucket or not image.key.startswith(job.prefix + "/") for image in manifest.images):
+            return None
+        if not all(self._still_stored(image) for image in manifest.images):
+            return None
+        return list(manifest.images)
+
+    def _still_stored(self, image: CopiedImage) -> bool:
+        """Whether the object exists with its recorded size (and SHA-256, when S3 kept a full one)."""
+        try:
+            head = self.s3_client.head_object(Bucket=image.bucket, Key=image.key, ChecksumMode="ENABLED")
+        except Exception as error:
+            if s3_error_code(error) in S3_MISSING_CODES:
+                return False
+            raise error_from_s3(error, image.bucket, image.key, action="check of") from error
+        if head.get("ContentLength") != image.size_bytes:
+            return False
+        stored = full_object_sha256(head)
+        return stored is None or stored == image.sha256
+
+    # -- this try's records ------------------------------------------------------------------------
+
+    def record_pending(self, job: PromptJob, urls: Sequence[str], generation: Generation) -> None:
+        """Record generated URLs so that a retry can copy them without generating (and paying) again."""
+        record = PendingRecord(
+            image_urls=tuple(urls),
+            request_fingerprint=request_fingerprint(job.request),
+            generation=generation,
+            saved_at=utcnow_iso(),
+        )
+        self._write(pending_key(job.prefix), record.to_json())
+
+    def commit(self, job: PromptJob, manifest: Manifest) -> None:
+        """Write the manifest: the commit point. The pending record goes later (:meth:`drop_committed`)."""
+        self._write(manifest_key(job.prefix), manifest.to_json())
+        self._committed.append(job.prefix)
+
+    def discard(self, images: Iterable[CopiedImage]) -> None:
+        """Best effort: delete the objects of a failed copy (no manifest will vouch for them)."""
+        for image in images:
+            try:
+                self.s3_client.delete_object(Bucket=image.bucket, Key=image.key)
+            except Exception as error:  # the original failure matters more
+                self.log.warning("Could not delete %s after a failed copy: %s", image.s3_uri, error)
+
+    def drop_committed(self) -> None:
+        """Delete the pending records of the prompts committed in this try (see :meth:`drop_pending`).
+
+        A pending record beside a manifest is harmless (the manifest wins), so a failure here only
+        warns.
+        """
+        prefixes, self._committed = self._committed, []
+        try:
+            self.drop_pending(prefixes)
+        except ImageGenStorageError as error:
+            self.log.warning("Could not delete the pending record(s) of committed prompts: %s", error)
+
+    def drop_pending(self, prefixes: Sequence[str]) -> None:
+        """Delete the pending records under ``prefixes``: one ``DeleteObjects`` per 1000 prefixes.
+
+        :param prefixes: the prompts' prefixes (a missing record is no error).
+        """
+        keys = [pending_key(prefix) for prefix in prefixes]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            self._delete_many(keys[start : start + _DELETE_BATCH])
+
+    # -- S3 ----------------------------------------------------------------------------------------
+
+    def _read(self, key: str) -> Any:
+        """The JSON value stored at ``key``; None if there is no such object."""
+        try:
+            body = self.s3_client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as error:
+            if s3_error_code(error) in S3_MISSING_CODES:
+                return None
+            raise error_from_s3(error, self.bucket, key, action="read of") from error
+        try:
+            return json.loads(body)
+        except ValueError as error:
+            raise self._unreadable(key, "not JSON") from error
+
+    def _parse(self, parse: Any, data: Any, key: str) -> Any:
+        try:
+            return parse(data)
+        except ValueError as error:
+            raise self._unreadable(key, str(error)) from error
+
+    def _unreadable(self, key: str, why: str) -> ImageGenStorageError:
+        return ImageGenStorageError(
+            f"s3://{self.bucket}/{key} exists but is not a record this provider can read ({why}); "
+            "delete it to produce the images again",
+            permanent=True,
+        )
+
+    def _write(self, key: str, data: dict[str, Any]) -> None:
+        try:
+            self.s3_client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=json.dumps(data, indent=2, sort_keys=True).encode(),
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                **self._put_args,
+            )
+        except Exception as error:
+            raise error_from_s3(error, self.bucket, key, action="write to") from error
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.s3_client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as error:
+            raise error_from_s3(error, self.bucket, key, action="delete of") from error
+
+    def _delete_many(self, keys: list[str]) -> None:
+        try:
+            response = self.s3_client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+            )
+        except Exception as error:
+            raise error_from_s3(error, self.bucket, keys[0], action="delete of") from error
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise ImageGenStorageError(
+                f"S3 delete of s3://{self.bucket}/{first.get('Key')} failed: {first.get('Code')}: "
+                f"{first.get('Message')}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            )
