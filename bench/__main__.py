@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 RESULTS = RESULTS_DIR / "latest.json"
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        from bench import batch, fanout, memory, overhead, parse_cost, triggerer
+        from bench import batch, deployment, fanout, memory, overhead, parse_cost, triggerer
 
         run("B1", lambda: overhead.measure(emulator, s3_info, bucket, runs=5 if quick else 9))
         run("B3", lambda: fanout.measure(emulator, s3, bucket, runs=2 if quick else 5))
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run("B2", b2)
         run("B6", lambda: parse_cost.measure(runs=2 if quick else 3))
+        run("B7", lambda: deployment.measure(emulator, s3, bucket, env))
 
     order = {key: i for i, key in enumerate(ALL)}
     figures.sort(key=lambda f: (order.get(f.key[:2], 99), f.key))
