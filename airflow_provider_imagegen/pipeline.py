@@ -13,22 +13,70 @@ the copier (one URL → one object) and the runner (threads and bounds).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, error_from_event
 from airflow_provider_imagegen.models import ImageGenerationResult, prompt_digest
-from airflow_provider_imagegen.records import Generation, Manifest, utcnow_iso
+from airflow_provider_imagegen.records import Generation, Manifest, RecordStore, utcnow_iso
+from airflow_provider_imagegen.runner import Runner
+from airflow_provider_imagegen.transfer import Copier
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from concurrent.futures import Future
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
     from airflow_provider_imagegen.models import CopiedImage, TaskLog
     from airflow_provider_imagegen.plan import Plan, PromptJob
-    from airflow_provider_imagegen.records import RecordStore
-    from airflow_provider_imagegen.runner import Runner
-    from airflow_provider_imagegen.transfer import Copier
+
+
+@contextmanager
+def open_pipeline(
+    plan: Plan,
+    *,
+    hook: ImageGenHook,
+    s3_client: Any,
+    transfer_config: Any,
+    max_concurrency: int,
+    upload_concurrency: int,
+    fail_fast: bool,
+    survey: bool,
+    log: TaskLog,
+) -> Iterator[PromptPipeline]:
+    """The parts of one try, assembled; on the way out the committed prompts' pending records go,
+    and the hook's HTTP client is closed.
+
+    :param plan: what this try does.
+    :param hook: the image API hook (its connection already read).
+    :param s3_client: a boto3 S3 client.
+    :param transfer_config: a boto3 ``TransferConfig`` for multipart images.
+    :param max_concurrency: prompts generating at once, and prompts copying at once.
+    :param upload_concurrency: images of one prompt copied at once.
+    :param fail_fast: stop at the first failed prompt.
+    :param survey: list what earlier tries left first (one LIST); else each record is read directly.
+    :param log: the task's logger.
+    """
+    store = RecordStore(s3_client, plan.bucket, upload_args=plan.upload_args, log=log)
+    if survey:
+        store.survey(plan.list_prefix, nested=plan.batch)
+    copier = Copier(
+        hook,
+        s3_client,
+        plan.bucket,
+        upload_args=plan.upload_args,
+        metadata=plan.object_metadata,
+        transfer_config=transfer_config,
+    )
+    runner = Runner(
+        max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log
+    )
+    with runner:
+        try:
+            yield PromptPipeline(plan=plan, hook=hook, store=store, copier=copier, runner=runner, log=log)
+        finally:
+            store.drop_committed()
+            hook.close()
 
 
 class PromptPipeline:
@@ -54,7 +102,38 @@ class PromptPipeline:
 
     def run(self) -> list[CopiedImage]:
         """Every prompt of the plan, bounded and in prompt order (the worker-side mode)."""
-        return self.runner.run(self.plan.jobs, self.produce)
+        return self._stored(self.runner.run(self.plan.jobs, self.produce))
+
+    def reuse_all(self) -> tuple[list[CopiedImage], list[PromptJob]]:
+        """Before deferring: what earlier tries left, one prompt after the other.
+
+        :returns: the images of every prompt when all were ready, and the prompts still to generate.
+        """
+        ready = {job.prompt_index: self.earlier(job) for job in self.plan.jobs}
+        to_generate = [job for job in self.plan.jobs if ready[job.prompt_index] is None]
+        if to_generate:
+            return [], to_generate
+        return self._stored([image for job in self.plan.jobs for image in ready[job.prompt_index] or []]), []
+
+    def resume_all(self, event: dict[str, Any]) -> list[CopiedImage]:
+        """After the trigger: every prompt, bounded and in prompt order.
+
+        :param event: the trigger's event, ``{"results": {prompt_index: outcome}}``.
+        """
+        results = {int(k): v for k, v in (event.get("results") or {}).items()}
+        return self._stored(
+            self.runner.run(self.plan.jobs, lambda job: self.resume(job, results.get(job.prompt_index)))
+        )
+
+    def _stored(self, images: list[CopiedImage]) -> list[CopiedImage]:
+        self.log.info(
+            "Stored %d image(s) for %d prompt(s), %.1f MB in s3://%s",
+            len(images),
+            len(self.plan.jobs),
+            sum(image.size_bytes for image in images) / 1e6,
+            self.plan.bucket,
+        )
+        return images
 
     def produce(self, job: PromptJob) -> list[CopiedImage]:
         """One prompt: reuse a verified earlier result, else copy recorded URLs, else generate."""

@@ -1,8 +1,4 @@
-"""ImageGenToS3Operator: the Airflow adapter over the plan, the records, the copier and the runner.
-
-Templated prompt(s) → ``plan`` (validated, before any call) → ``pipeline`` (reuse or generate,
-record, copy, commit; threads in ``runner``) → asset events, XCom and lineage here.
-"""
+"""ImageGenToS3Operator: rendered values → ``plan`` → ``pipeline`` (records, copier, runner) → XCom, assets."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_imagegen.exceptions import ImageGenError
-from airflow_provider_imagegen.models import prompt_digest
 from airflow_provider_imagegen.plan import Plan, PromptJob, TaskIdentity, build_plan
 
 if TYPE_CHECKING:
@@ -36,13 +31,10 @@ class ImageGenToS3Operator(BaseOperator):
     written last. Returns to XCom one small dict per image (``s3_uri``, ``bucket``, ``key``,
     ``index``, ``prompt_index``, ``content_type``, ``size_bytes``, ``sha256``, ``width``, ``height``).
 
-    Retries cost nothing twice: a new try of the same task instance whose manifest matches the
-    request and whose objects still verify makes no API call and returns the same XCom; a try
-    that failed after generating left the image URLs in ``{prefix}/_pending.json``, which the
-    next try copies before paying for new images. A failed copy deletes the objects it stored, a
-    stale manifest is removed before its objects are replaced, and a missing bucket fails the
-    task before anything is generated. Permanent errors (validation, auth, content policy, a
-    missing bucket) raise ``AirflowFailException`` so that Airflow does not retry them.
+    Retries cost nothing twice (see the README's "Retries and what they cost"): a try reuses the
+    verified manifest of an earlier one, or copies the image URLs it recorded, before paying
+    again. Permanent errors (validation, auth, content policy, a missing bucket) raise
+    ``AirflowFailException`` so that Airflow does not retry them.
 
     :param prompt: the text prompt, or the name of a ``.j2``/``.jinja2`` template file (templated).
     :param prompts: several prompts, an alternative to ``prompt``; each gets ``{prefix}/{i:03d}/``
@@ -76,20 +68,8 @@ class ImageGenToS3Operator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "prompt",
-        "prompts",
-        "s3_bucket",
-        "s3_key_prefix",
-        "n",
-        "size",
-        "quality",
-        "background",
-        "moderation",
-        "output_format",
-        "output_compression",
-        "kms_key_id",
-        "s3_tags",
-        "s3_extra_args",
+        *("prompt", "prompts", "s3_bucket", "s3_key_prefix", "n", "size", "quality", "background"),
+        *("moderation", "output_format", "output_compression", "kms_key_id", "s3_tags", "s3_extra_args"),
     )
     template_ext: Sequence[str] = (".j2", ".jinja2")
     template_fields_renderers = {"prompt": "md", "prompts": "json", "s3_tags": "json", "s3_extra_args": "json"}
@@ -159,11 +139,10 @@ class ImageGenToS3Operator(BaseOperator):
     @cached_property
     def hook(self) -> ImageGenHook:
         """The image API hook."""
+        from airflow_provider_imagegen.hooks.download import DEFAULT_MAX_IMAGE_BYTES
         from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
 
-        if self.max_image_bytes:
-            return ImageGenHook(self.imagegen_conn_id, max_image_bytes=self.max_image_bytes)
-        return ImageGenHook(self.imagegen_conn_id)
+        return ImageGenHook(self.imagegen_conn_id, max_image_bytes=self.max_image_bytes or DEFAULT_MAX_IMAGE_BYTES)
 
     @cached_property
     def s3_hook(self) -> Any:
@@ -197,10 +176,8 @@ class ImageGenToS3Operator(BaseOperator):
         with self._one_try(context, survey=True) as pipeline:
             if not self.deferrable:
                 return self._finish(context, pipeline.plan, pipeline.run())
-            ready = {job.prompt_index: pipeline.earlier(job) for job in pipeline.plan.jobs}
-            to_generate = [job for job in pipeline.plan.jobs if ready[job.prompt_index] is None]
+            images, to_generate = pipeline.reuse_all()
             if not to_generate:
-                images = [image for job in pipeline.plan.jobs for image in ready[job.prompt_index] or []]
                 return self._finish(context, pipeline.plan, images)
             from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger
 
@@ -221,12 +198,8 @@ class ImageGenToS3Operator(BaseOperator):
         :param context: the task's context.
         :param event: the trigger's event: ``{"results": {prompt_index: outcome}}``.
         """
-        results = {int(k): v for k, v in (event.get("results") or {}).items()}
         with self._one_try(context, survey=False) as pipeline:
-            images = pipeline.runner.run(
-                pipeline.plan.jobs, lambda job: pipeline.resume(job, results.get(job.prompt_index))
-            )
-            return self._finish(context, pipeline.plan, images)
+            return self._finish(context, pipeline.plan, pipeline.resume_all(event))
 
     def build_plan(self, context: Context) -> Plan:
         """Validate the rendered values (before any call) and lay out one job per prompt.
@@ -263,39 +236,23 @@ class ImageGenToS3Operator(BaseOperator):
         copy thread starts: connection lookups talk to the task supervisor, and older task SDKs
         (1.2) can hang when two threads do that at once.
         """
-        from airflow_provider_imagegen.pipeline import PromptPipeline
-        from airflow_provider_imagegen.records import RecordStore
-        from airflow_provider_imagegen.runner import Runner
-        from airflow_provider_imagegen.transfer import Copier
+        from airflow_provider_imagegen.pipeline import open_pipeline
 
         try:
             plan = self.build_plan(context)
             _ = self.hook.settings, self.s3_client
-            store = RecordStore(self.s3_client, plan.bucket, upload_args=plan.upload_args, log=self.log)
-            if survey:
-                store.survey(plan.list_prefix, nested=plan.batch)
-            copier = Copier(
-                self.hook,
-                self.s3_client,
-                plan.bucket,
-                upload_args=plan.upload_args,
-                metadata=plan.object_metadata,
+            with open_pipeline(
+                plan,
+                hook=self.hook,
+                s3_client=self.s3_client,
                 transfer_config=self.s3_hook.transfer_config,
-            )
-            runner = Runner(
                 max_concurrency=self.max_concurrency,
                 upload_concurrency=self.upload_concurrency,
                 fail_fast=self.fail_fast,
+                survey=survey,
                 log=self.log,
-            )
-            with runner:
-                try:
-                    yield PromptPipeline(
-                        plan=plan, hook=self.hook, store=store, copier=copier, runner=runner, log=self.log
-                    )
-                finally:
-                    store.drop_committed()
-                    self.hook.close()
+            ) as pipeline:
+                yield pipeline
         except ImageGenError as error:
             _reraise_for_airflow(error)
 
@@ -305,35 +262,16 @@ class ImageGenToS3Operator(BaseOperator):
         """Asset events for AssetAlias outlets, then the XCom value."""
         self._emit_asset_events(context, plan, images)
         self._stored_images = images
-        self.log.info(
-            "Stored %d image(s) for %d prompt(s), %.1f MB in s3://%s",
-            len(images),
-            len(plan.jobs),
-            sum(image.size_bytes for image in images) / 1e6,
-            plan.bucket,
-        )
         return [image.to_dict() for image in images]
 
     def _emit_asset_events(self, context: Context, plan: Plan, images: list[CopiedImage]) -> None:
         from airflow.sdk import Asset, AssetAlias
 
-        aliases = [outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)]
-        if not aliases:
-            return
-        digests = {job.prompt_index: prompt_digest(job.request.prompt) for job in plan.jobs}
-        for alias in aliases:
-            for image in images:
-                context["outlet_events"][alias].add(
-                    Asset(image.s3_uri),
-                    extra={
-                        "sha256": image.sha256,
-                        "size_bytes": image.size_bytes,
-                        "width": image.width,
-                        "height": image.height,
-                        "content_type": image.content_type,
-                        "prompt_sha256": digests[image.prompt_index],
-                    },
-                )
+        from airflow_provider_imagegen.assets import image_events
+
+        for alias in (outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)):
+            for uri, extra in image_events(plan, images):
+                context["outlet_events"][alias].add(Asset(uri), extra=extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the S3 objects written (the openlineage provider stays optional)."""
