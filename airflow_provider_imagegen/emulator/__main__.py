@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.emulator.config import ERROR_FORMATS, RESPONSE_MODES, EmulatorConfig
@@ -77,11 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from airflow_provider_imagegen.emulator.server import Emulator  # heavy imports only when serving
+    from airflow_provider_imagegen.emulator.server import (  # heavy imports only when serving
+        Emulator,
+        exposed_default_key_warning,
+    )
 
+    exposed = exposed_default_key_warning(args.host, config.api_key)
+    if exposed:
+        print(f"WARNING: {exposed}", file=sys.stderr, flush=True)
     emulator = Emulator(config, host=args.host, port=args.port)
     try:
-        emulator.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already printed above
+            emulator.start()
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

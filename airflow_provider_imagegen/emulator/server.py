@@ -10,9 +10,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -29,6 +31,30 @@ if TYPE_CHECKING:
 STARTUP_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 10.0
 LISTEN_BACKLOG = 4096
+
+
+def exposed_default_key_warning(host: str, api_key: str) -> str | None:
+    """A warning when ``host`` is not a loopback address and ``api_key`` is the well-known default.
+
+    The default key is printed in the README: anyone who can reach a non-loopback interface
+    could then use the emulator (and its CPU) as they please.
+    """
+    if api_key != EmulatorConfig().api_key or _is_loopback(host):
+        return None
+    return (
+        f"the emulator is bound to {host!r}, reachable from other machines, and accepts the "
+        f"well-known default API key; pass --api-key with a secret of your own (or bind 127.0.0.1)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 class Emulator:
@@ -64,6 +90,9 @@ class Emulator:
         """Start serving and block until the socket is bound (or raise RuntimeError)."""
         if self._thread is not None:
             raise RuntimeError("emulator already started")
+        exposed = exposed_default_key_warning(self._host, self._state.config.api_key)
+        if exposed:
+            warnings.warn(f"Emulator: {exposed}", UserWarning, stacklevel=2)
         uv_config = uvicorn.Config(
             create_app(self._state),
             host=self._host,

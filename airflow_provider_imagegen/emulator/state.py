@@ -127,9 +127,32 @@ class EmulatorState:
 
     # ----------------------------------------------------------------- stored images
     def store_image(self, image: StoredImage) -> None:
-        """Keep ``image`` so that its URL can be downloaded."""
+        """Keep ``image`` so that its URL can be downloaded; images already expired are dropped.
+
+        Memory stays bounded in long sessions (a demo, a benchmark, a test suite): only the images
+        whose URL still answers are held. The oldest are checked first and the scan stops at the
+        first live one, so each call costs O(1) amortised.
+        """
         with self._lock:
+            self._drop_expired_locked(time.monotonic())
             self._images[image.token] = image
+
+    def drop_expired(self) -> int:
+        """Forget every image whose URL has expired (it then answers 404); returns how many."""
+        with self._lock:
+            now = time.monotonic()
+            expired = [token for token, image in self._images.items() if image.expired(now)]
+            for token in expired:
+                del self._images[token]
+            return len(expired)
+
+    def _drop_expired_locked(self, now: float) -> None:
+        # Images are stored in issue order; with one TTL at a time the oldest expire first.
+        while self._images:
+            token, oldest = next(iter(self._images.items()))
+            if not oldest.expired(now):
+                return
+            del self._images[token]
 
     def image_for_token(self, token: str) -> StoredImage | None:
         """The stored image behind a URL token (expired or not), or ``None``."""
