@@ -60,3 +60,25 @@ def read_dimensions(image_format: str, head: bytes) -> tuple[int, int] | None:
     if image_format == "jpeg":
         return _jpeg_dimensions(head)
     raise ValueError(f"unknown image format {image_format!r}")
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xae\x42\x60\x82"  # the empty IEND chunk: length, type, CRC
+JPEG_END = b"\xff\xd9"  # EOI
+#: How many final bytes :func:`ends_whole` needs to see.
+TAIL_BYTES = len(PNG_END)
+
+
+def ends_whole(image_format: str, tail: bytes) -> bool:
+    """Whether the last bytes of an image are its format's end marker (PNG ``IEND``, JPEG ``EOI``).
+
+    A body cut short without a ``Content-Length`` to tell (a chunked or close-delimited answer
+    that ends early) still starts like an image and has a readable pixel size; its end is missing.
+
+    :param image_format: ``png`` or ``jpeg``.
+    :param tail: the image's last :data:`TAIL_BYTES` bytes (or all of it, if shorter).
+    """
+    if image_format == "png":
+        return tail.endswith(PNG_END)
+    if image_format == "jpeg":
+        return tail.endswith(JPEG_END)
+    raise ValueError(f"unknown image format {image_format!r}")

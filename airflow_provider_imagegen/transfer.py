@@ -4,28 +4,39 @@ The bytes flow download → :class:`VerifyingReader` (sha256, byte count, format
 checks) → S3. A check that fails raises inside ``read()``, so nothing is stored (boto3 aborts a
 multipart upload), and no partial object ever appears under the final key.
 
+The reader also computes the MD5 of the body and, part by part, the MD5 and SHA-256 of each
+multipart part, and checks that the body ends with the format's end marker (PNG ``IEND``, JPEG
+``EOI``): a body cut short without a ``Content-Length`` is refused, not stored.
+
 * An image that ends within one part (the multipart threshold, 5 MiB by default: every
-  1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading:
-  S3 checks the body against it and refuses a mismatch (``BadDigest``), so the stored object is
-  verified as it is written, with no request after it.
-* A bigger image streams through boto3's ``upload_fileobj`` as a multipart upload, whose
-  checksum is a checksum of the parts; a ``HeadObject`` afterwards compares the stored size (and
-  a whole-object SHA-256, when S3 keeps one) and deletes the object on a mismatch.
+  1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading.
+  A store that checks it refuses a mismatch (``BadDigest``) and answers with the checksum it
+  stored, which must be the one sent. A store that ignores checksums answers without one: then
+  the ETag, the body's MD5 on S3-compatible stores, must equal the MD5 computed while reading;
+  when the ETag is not an MD5 (SSE-KMS, SSE-C) or differs, the object is read back (streamed)
+  and hashed. Nothing is taken on trust: a mismatch deletes the object and fails.
+* A bigger image streams through boto3's ``upload_fileobj`` as a multipart upload (each part
+  with its SHA-256, which a checking store verifies); a ``HeadObject`` afterwards compares the
+  size, the whole-object SHA-256 or the composite one (SHA-256 of the parts' SHA-256s, ``-N``),
+  and the composite ETag (MD5 of the parts' MD5s, ``-N``). When none of these can be compared,
+  the object is read back and hashed. A mismatch deletes the object and fails.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import (
+    ImageGenDownloadError,
     ImageGenError,
     ImageGenImageVerificationError,
     ImageGenStorageError,
     error_from_s3,
 )
-from airflow_provider_imagegen.image_format import read_dimensions, sniff_format
+from airflow_provider_imagegen.image_format import TAIL_BYTES, ends_whole, read_dimensions, sniff_format
 from airflow_provider_imagegen.models import CopiedImage, full_object_sha256
 
 if TYPE_CHECKING:
@@ -36,6 +47,12 @@ if TYPE_CHECKING:
 
 HEADER_LIMIT = 1024 * 1024  # the pixel size must be readable within the first MiB
 SINGLE_PUT_LIMIT = 8 * 1024 * 1024  # boto3's default multipart threshold, when no TransferConfig is given
+PART_SIZE = 8 * 1024 * 1024  # boto3's default part size
+_MIN_PART, _MAX_PART = 5 * 1024 * 1024, 5 * 1024**3  # what s3transfer clamps the part size to
+_READ_BACK_CHUNK = 1024 * 1024
+# server-side encryption whose ETag is not the MD5 of the body
+_ETAG_NOT_MD5 = ("aws:kms", "aws:kms:dsse")
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 
 
@@ -45,6 +62,8 @@ class VerifyingReader:
     :param chunks: the image body.
     :param expected_format: ``png`` or ``jpeg``.
     :param expected_dimensions: (width, height), or None when the size was ``auto``.
+    :param part_size: the multipart part size: per-part MD5 and SHA-256 are kept for the
+        composite ETag and checksum (None: not kept).
     """
 
     def __init__(
@@ -52,6 +71,7 @@ class VerifyingReader:
         chunks: Iterator[bytes],
         expected_format: str,
         expected_dimensions: tuple[int, int] | None,
+        part_size: int | None = None,
     ) -> None:
         self._chunks = chunks
         self._buffer = bytearray()
@@ -59,6 +79,14 @@ class VerifyingReader:
         self._expected_format = expected_format
         self._expected_dimensions = expected_dimensions
         self._digest = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._tail = b""
+        self._part_size = part_size
+        self._part_md5 = hashlib.md5(usedforsecurity=False)
+        self._part_sha256 = hashlib.sha256()
+        self._part_filled = 0
+        self._part_md5s: list[bytes] = []
+        self._part_sha256s: list[bytes] = []
         self.size = 0
         self.dimensions: tuple[int, int] | None = None
         self._exhausted = False
@@ -67,6 +95,37 @@ class VerifyingReader:
     def sha256(self) -> str:
         """Hex digest of every byte read so far."""
         return self._digest.hexdigest()
+
+    @property
+    def md5(self) -> str:
+        """Hex MD5 of every byte read so far (the ETag of a single-part upload on most stores)."""
+        return self._md5.hexdigest()
+
+    @property
+    def parts(self) -> int:
+        """How many multipart parts the body read so far makes (0 if ``part_size`` was not given)."""
+        return len(self._part_md5s) + (1 if self._part_filled else 0)
+
+    def composite_etag(self) -> str | None:
+        """The ETag of a multipart upload of the body: MD5 of the parts' MD5s, ``-N``; None without parts."""
+        md5s, _ = self._part_digests()
+        if not md5s:
+            return None
+        return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
+
+    def composite_sha256(self) -> str | None:
+        """The composite checksum of a multipart upload (base64 SHA-256 of the parts' SHA-256s, no ``-N``)."""
+        _, sha256s = self._part_digests()
+        if not sha256s:
+            return None
+        return base64.b64encode(hashlib.sha256(b"".join(sha256s)).digest()).decode()
+
+    def _part_digests(self) -> tuple[list[bytes], list[bytes]]:
+        md5s, sha256s = list(self._part_md5s), list(self._part_sha256s)
+        if self._part_filled:
+            md5s.append(self._part_md5.copy().digest())
+            sha256s.append(self._part_sha256.copy().digest())
+        return md5s, sha256s
 
     @property
     def finished(self) -> bool:
@@ -107,11 +166,31 @@ class VerifyingReader:
 
     def _accept(self, chunk: bytes) -> None:
         self._digest.update(chunk)
+        self._md5.update(chunk)
+        if self._part_size:
+            self._hash_parts(chunk)
+        self._tail = (self._tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
         self.size += len(chunk)
         self._buffer += chunk
         if self.dimensions is None:
             self._head += chunk
             self._check_head(final=False)
+
+    def _hash_parts(self, chunk: bytes) -> None:
+        part_size = self._part_size or len(chunk)
+        with memoryview(chunk) as view:
+            while view:
+                piece = view[: part_size - self._part_filled]
+                self._part_md5.update(piece)
+                self._part_sha256.update(piece)
+                self._part_filled += len(piece)
+                view = view[len(piece) :]
+                if self._part_filled == part_size:
+                    self._part_md5s.append(self._part_md5.digest())
+                    self._part_sha256s.append(self._part_sha256.digest())
+                    self._part_md5 = hashlib.md5(usedforsecurity=False)
+                    self._part_sha256 = hashlib.sha256()
+                    self._part_filled = 0
 
     def _check_head(self, *, final: bool) -> None:
         head = bytes(self._head)
@@ -139,6 +218,11 @@ class VerifyingReader:
             raise ImageGenImageVerificationError("Image body is empty")
         if self.dimensions is None:
             self._check_head(final=True)
+        if not ends_whole(self._expected_format, self._tail):
+            end = "IEND chunk" if self._expected_format == "png" else "EOI marker"
+            raise ImageGenDownloadError(
+                f"Image body was cut short: {self.size} bytes without the {self._expected_format} {end} at the end"
+            )
 
 
 def check_content_type(declared: str, expected: str) -> None:
@@ -147,25 +231,102 @@ def check_content_type(declared: str, expected: str) -> None:
         raise ImageGenImageVerificationError(f"Image URL served Content-Type {declared!r}, expected {expected!r}")
 
 
-def verify_stored_object(s3_client: Any, bucket: str, key: str, size: int, sha256_hex: str) -> None:
-    """HEAD the object and compare its size (and SHA-256 checksum, when S3 has a whole-object one).
+def etag_is_md5(upload_args: dict[str, Any]) -> bool:
+    """Whether a stored object's ETag is the MD5 of its bytes (not under SSE-KMS or SSE-C).
+
+    :param upload_args: the upload's ExtraArgs.
+    """
+    return upload_args.get("ServerSideEncryption") not in _ETAG_NOT_MD5 and not upload_args.get("SSECustomerAlgorithm")
+
+
+def _etag(response: dict[str, Any]) -> str:
+    return str(response.get("ETag") or "").strip('"').lower()
+
+
+def read_back_sha256(s3_client: Any, bucket: str, key: str, *, extra: dict[str, Any] | None = None) -> tuple[int, str]:
+    """Stream an object back (1 MiB at a time) and return its size and sha256 (hex).
+
+    :param s3_client: a boto3 S3 client.
+    :param bucket: the bucket.
+    :param key: the key.
+    :param extra: further ``GetObject`` arguments (SSE-C key...).
+    """
+    body = s3_client.get_object(Bucket=bucket, Key=key, **(extra or {}))["Body"]
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in body.iter_chunks(_READ_BACK_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    finally:
+        body.close()
+    return size, digest.hexdigest()
+
+
+def _read_back_args(args: dict[str, Any]) -> dict[str, Any]:
+    names = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "ExpectedBucketOwner", "RequestPayer")
+    return {name: args[name] for name in names if name in args}
+
+
+def _reject(s3_client: Any, bucket: str, key: str, problems: list[str]) -> ImageGenStorageError:
+    s3_client.delete_object(Bucket=bucket, Key=key)
+    return ImageGenStorageError(f"s3://{bucket}/{key} failed verification ({', '.join(problems)}); deleted")
+
+
+def verify_stored_object(
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    size: int,
+    sha256_hex: str,
+    *,
+    composite_sha256: str | None = None,
+    composite_etag: str | None = None,
+    upload_args: dict[str, Any] | None = None,
+) -> str:
+    """HEAD the object and compare all that the store offers; read it back when it offers nothing.
+
+    Compared: the size; the whole-object SHA-256 or the composite one (``composite_sha256``);
+    the composite ETag (unless SSE-KMS/SSE-C make the ETag something else). When neither a
+    checksum nor an ETag could be compared, the object is streamed back and its sha256 compared.
+    On a mismatch the object is deleted and :class:`ImageGenStorageError` raised.
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
     :param key: the key just written.
     :param size: the bytes streamed.
     :param sha256_hex: their sha256.
+    :param composite_sha256: base64 SHA-256 of the parts' SHA-256s (multipart), if known.
+    :param composite_etag: MD5 of the parts' MD5s with ``-N`` (multipart), if known.
+    :param upload_args: the upload's ExtraArgs (encryption decides what the ETag is).
+    :return: the stored object's ETag.
     """
-    head = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    args = upload_args or {}
+    head = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **_read_back_args(args))
+    etag = _etag(head)
     problems = []
     if head.get("ContentLength") != size:
         problems.append(f"size {head.get('ContentLength')} != {size}")
+    compared = False
     stored = full_object_sha256(head)
-    if stored is not None and stored != sha256_hex:
-        problems.append("sha256 mismatch")
+    if stored is not None:
+        compared = True
+        if stored != sha256_hex:
+            problems.append("sha256 mismatch")
+    elif head.get("ChecksumSHA256") and composite_sha256:
+        compared = True
+        if str(head["ChecksumSHA256"]).split("-")[0] != composite_sha256:
+            problems.append("composite sha256 mismatch")
+    if composite_etag and "-" in etag and etag_is_md5(args):
+        compared = True
+        if etag != composite_etag:
+            problems.append(f"ETag {etag} != {composite_etag}")
+    if not problems and not compared:
+        stored_size, stored_sha256 = read_back_sha256(s3_client, bucket, key, extra=_read_back_args(args))
+        if (stored_size, stored_sha256) != (size, sha256_hex):
+            problems.append("the bytes read back differ from the bytes sent")
     if problems:
-        s3_client.delete_object(Bucket=bucket, Key=key)
-        raise ImageGenStorageError(f"s3://{bucket}/{key} failed verification ({', '.join(problems)}); deleted")
+        raise _reject(s3_client, bucket, key, problems)
+    return etag
 
 
 class Copier:
@@ -177,6 +338,9 @@ class Copier:
     :param upload_args: further ``PutObject``/``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
     :param metadata: object metadata of each job's images (ASCII values).
     :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size).
+    :param on_stored: called with ``(key, etag)`` for each object stored and verified (the record
+        store's :meth:`~airflow_provider_imagegen.records.RecordStore.note_stored`, so that a later
+        try's reuse compares the ETag too).
     """
 
     def __init__(
@@ -188,6 +352,7 @@ class Copier:
         upload_args: dict[str, Any],
         metadata: Callable[[PromptJob], dict[str, str]],
         transfer_config: Any = None,
+        on_stored: Callable[[str, str], None] | None = None,
     ) -> None:
         self.hook = hook
         self.s3_client = s3_client
@@ -196,6 +361,9 @@ class Copier:
         self.metadata = metadata
         self.transfer_config = transfer_config
         self.single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
+        chunk = getattr(transfer_config, "multipart_chunksize", None) or PART_SIZE
+        self.part_size = min(max(chunk, _MIN_PART), _MAX_PART)  # as s3transfer adjusts it
+        self.on_stored = on_stored
 
     def copy(self, url: str, key: str, index: int, job: PromptJob) -> CopiedImage:
         """Stream ``url`` into ``s3://{bucket}/{key}``, verified; raise (leaving no object) if anything is off.
@@ -213,11 +381,15 @@ class Copier:
         }
         with self.hook.open_image(url) as image:
             check_content_type(image.content_type, request.content_type)
-            reader = VerifyingReader(image.iter_bytes(), request.output_format, request.dimensions)
+            reader = VerifyingReader(
+                image.iter_bytes(), request.output_format, request.dimensions, part_size=self.part_size
+            )
             try:
                 body = reader.read_whole(self.single_put_limit)
                 if body is not None:
-                    put_verified(self.s3_client, self.bucket, key, body, reader.sha256, upload_args)
+                    etag = put_verified(
+                        self.s3_client, self.bucket, key, body, reader.sha256, upload_args, md5_hex=reader.md5
+                    )
                 else:
                     upload_args["ChecksumAlgorithm"] = "SHA256"
                     self.s3_client.upload_fileobj(
@@ -228,7 +400,9 @@ class Copier:
             except Exception as error:
                 raise error_from_s3(error, self.bucket, key) from error
         if body is None:
-            _verify_multipart(self.s3_client, reader, self.bucket, key)
+            etag = _verify_multipart(self.s3_client, reader, self.bucket, key, upload_args)
+        if self.on_stored is not None:
+            self.on_stored(key, etag)
         if reader.dimensions is None:  # not reached: the reader's final checks raise first
             raise ImageGenImageVerificationError("Could not read the image's pixel size")
         width, height = reader.dimensions
@@ -245,8 +419,22 @@ class Copier:
         )
 
 
-def put_verified(s3_client: Any, bucket: str, key: str, body: bytes, sha256_hex: str, args: dict[str, Any]) -> None:
-    """One ``PutObject`` that S3 stores only if the body matches ``sha256_hex`` (else ``BadDigest``).
+def put_verified(
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    body: bytes,
+    sha256_hex: str,
+    args: dict[str, Any],
+    *,
+    md5_hex: str | None = None,
+) -> str:
+    """One ``PutObject`` of ``body``, verified whatever the store does with checksums.
+
+    A store that checks ``ChecksumSHA256`` refuses a mismatch (``BadDigest``) and answers with
+    the checksum it stored, which must be the one sent. A store that answers without one is
+    checked by its ETag (the body's MD5, unless SSE-KMS/SSE-C), else by reading the object back.
+    A mismatch deletes the object and raises :class:`ImageGenStorageError`.
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -254,23 +442,49 @@ def put_verified(s3_client: Any, bucket: str, key: str, body: bytes, sha256_hex:
     :param body: the whole object.
     :param sha256_hex: the body's sha256, computed while it was read.
     :param args: further ``PutObject`` arguments (content type, metadata, encryption...).
+    :param md5_hex: the body's MD5, computed while it was read (computed here if not given).
+    :return: the stored object's ETag.
     """
     checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
     response = s3_client.put_object(
         Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum, **args
     )
+    etag = _etag(response)
     stored = response.get("ChecksumSHA256")
-    if stored is not None and stored != checksum:  # a store that ignored the checksum it was sent
-        s3_client.delete_object(Bucket=bucket, Key=key)
-        raise ImageGenStorageError(f"s3://{bucket}/{key} stored SHA-256 {stored}, not the one sent; deleted")
+    if stored is not None:  # the store kept a checksum: it must be the one sent
+        if stored != checksum:
+            s3_client.delete_object(Bucket=bucket, Key=key)
+            raise ImageGenStorageError(f"s3://{bucket}/{key} stored SHA-256 {stored}, not the one sent; deleted")
+        return etag
+    md5_hex = md5_hex or hashlib.md5(body, usedforsecurity=False).hexdigest()
+    if etag_is_md5(args) and _MD5_HEX.fullmatch(etag):
+        if etag != md5_hex:  # the store received other bytes than were sent
+            raise _reject(s3_client, bucket, key, [f"ETag {etag} is not the MD5 {md5_hex} of the bytes sent"])
+        return etag
+    # no checksum and no MD5 to compare: read the object back
+    stored_size, stored_sha256 = read_back_sha256(s3_client, bucket, key, extra=_read_back_args(args))
+    if (stored_size, stored_sha256) != (len(body), sha256_hex):
+        raise _reject(s3_client, bucket, key, ["the bytes read back differ from the bytes sent"])
+    return etag
 
 
-def _verify_multipart(s3_client: Any, reader: VerifyingReader, bucket: str, key: str) -> None:
+def _verify_multipart(
+    s3_client: Any, reader: VerifyingReader, bucket: str, key: str, upload_args: dict[str, Any]
+) -> str:
     try:
         if not reader.finished:  # boto3 stopped reading early
             s3_client.delete_object(Bucket=bucket, Key=key)
             raise ImageGenStorageError(f"s3://{bucket}/{key}: the upload ended before the image did; deleted")
-        verify_stored_object(s3_client, bucket, key, reader.size, reader.sha256)
+        return verify_stored_object(
+            s3_client,
+            bucket,
+            key,
+            reader.size,
+            reader.sha256,
+            composite_sha256=reader.composite_sha256(),
+            composite_etag=reader.composite_etag(),
+            upload_args=upload_args,
+        )
     except ImageGenError:
         raise
     except Exception as error:
