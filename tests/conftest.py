@@ -116,3 +116,17 @@ def make_op(imagegen_conn, aws_conn, s3_bucket, s3) -> Callable[..., ImageGenToS
         return op
 
     return build
+
+
+@pytest.fixture
+def fast_retries(monkeypatch) -> None:
+    """Backoff of 10 ms, but a server's Retry-After is still honoured (so that its fault row proves it)."""
+    from airflow_provider_imagegen.exceptions import ImageGenRateLimitError
+    from airflow_provider_imagegen.hooks import _client
+
+    def wait(self, attempt: int, error: BaseException | None) -> float:
+        if isinstance(error, ImageGenRateLimitError) and error.retry_after is not None:
+            return error.retry_after
+        return 0.01
+
+    monkeypatch.setattr(_client.RetryPolicy, "wait", wait)

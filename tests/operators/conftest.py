@@ -20,14 +20,6 @@ def context() -> dict[str, Any]:
 
 
 @pytest.fixture
-def fast_retries(monkeypatch) -> None:
-    """Make the hook's backoff tiny so that exhausted retries take milliseconds, not seconds."""
-    from airflow_provider_imagegen.hooks import _client
-
-    monkeypatch.setattr(_client.RetryPolicy, "wait", lambda self, attempt, error: 0.01)
-
-
-@pytest.fixture
 def task_logs(caplog, capsys) -> Callable[[], str]:
     """Everything logged during the test: stdlib records and what Airflow's structlog printed."""
     caplog.set_level(logging.DEBUG)

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: fast retries that honour Retry-After, a connection rewriter."""
+"""Fixtures of the reliability tests: a connection rewriter (``fast_retries`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,6 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-@pytest.fixture
-def fast_retries(monkeypatch) -> None:
-    """Backoff of 10 ms, but a server's Retry-After is still honoured (so that its row proves it)."""
-    from airflow_provider_imagegen.exceptions import ImageGenRateLimitError
-    from airflow_provider_imagegen.hooks import _client
-
-    def wait(self, attempt: int, error: BaseException | None) -> float:
-        if isinstance(error, ImageGenRateLimitError) and error.retry_after is not None:
-            return error.retry_after
-        return 0.01
-
-    monkeypatch.setattr(_client.RetryPolicy, "wait", wait)
 
 
 @pytest.fixture

@@ -1,0 +1,109 @@
+"""The plan: rendered values → validated jobs, keys and upload arguments, before anything is paid."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_imagegen.exceptions import ImageGenValidationError
+from airflow_provider_imagegen.plan import (
+    Plan,
+    TaskIdentity,
+    build_plan,
+    task_prefix,
+    upload_args,
+)
+
+TASK = TaskIdentity(dag_id="daily", run_id="manual__2026-01-01T00:00:00+00:00", task_id="gen", try_number=1)
+DEFAULT = "imagegen/daily/manual__2026-01-01T00-00-00-00-00/gen"
+
+
+def _plan(**overrides) -> Plan:
+    values = {
+        "task": TASK,
+        "prompt": "a lighthouse",
+        "prompts": None,
+        "s3_bucket": "bucket",
+        "s3_key_prefix": None,
+        "request_params": {"n": 2, "size": "1024x1024"},
+        "min_images": 1,
+    }
+    values.update(overrides)
+    return build_plan(**values)
+
+
+def test_one_prompt_one_job_under_the_default_prefix():
+    plan = _plan()
+    (job,) = plan.jobs
+    assert (job.prompt_index, job.prefix, job.request.n) == (0, DEFAULT, 2)
+    assert job.image_key(3) == f"{DEFAULT}/03.png"
+    assert plan.list_prefix == DEFAULT
+    assert not plan.batch
+
+
+def test_batch_jobs_get_numbered_folders_and_one_list_prefix():
+    plan = _plan(prompt=None, prompts='["a", "b", "c"]', request_params={"n": "1", "output_format": "jpeg"})
+    assert [job.prefix for job in plan.jobs] == [f"{DEFAULT}/{i:03d}" for i in range(3)]
+    assert [job.request.prompt for job in plan.jobs] == ["a", "b", "c"]
+    assert plan.jobs[2].image_key(0) == f"{DEFAULT}/002/00.jpg"
+    assert plan.list_prefix == DEFAULT
+    assert plan.batch
+
+
+def test_mapped_tasks_get_their_map_index():
+    mapped = TaskIdentity("daily", "r", "gen", map_index=4)
+    assert task_prefix(None, mapped) == "imagegen/daily/r/gen/4"
+    assert task_prefix("/banners/2026/", mapped) == "banners/2026/4"
+    assert task_prefix("  ", TASK) == DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"request_params": {"n": "three"}}, "n"),
+        ({"request_params": {"n": 11}}, "n"),
+        ({"request_params": {"size": "999x999"}}, "size"),
+        ({"min_images": 3}, "min_images"),
+        ({"min_images": True}, "min_images"),
+        ({"s3_bucket": "s3://bucket/key"}, "s3_bucket"),
+        ({"s3_bucket": " bucket"}, "s3_bucket"),
+        ({"s3_key_prefix": 5}, "s3_key_prefix"),
+        ({"prompt": None, "prompts": []}, "prompts"),
+        ({"prompt": None, "prompts": "not a list ["}, "prompts"),
+        ({"s3_extra_args": {"StorageClas": "STANDARD"}}, "s3_extra_args"),
+        ({"s3_extra_args": {"ChecksumSHA256": "x"}}, "s3_extra_args"),
+        ({"s3_extra_args": ["StorageClass"]}, "s3_extra_args"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(overrides, field):
+    with pytest.raises(ImageGenValidationError) as caught:
+        _plan(**overrides)
+    assert caught.value.field == field
+    assert caught.value.permanent
+
+
+def test_upload_arguments_and_metadata():
+    args = upload_args(
+        {"StorageClass": "STANDARD_IA"}, encrypt=True, acl_policy="bucket-owner-full-control", s3_tags={"team": "a b"}
+    )
+    assert args == {
+        "StorageClass": "STANDARD_IA",
+        "ServerSideEncryption": "AES256",
+        "ACL": "bucket-owner-full-control",
+        "Tagging": "team=a+b",
+    }
+    assert upload_args(None, encrypt=True, kms_key_id="k")["ServerSideEncryption"] == "aws:kms"
+    plan = _plan(s3_extra_args={"StorageClass": "STANDARD_IA"}, task=TaskIdentity("dä", "r", "t"))
+    assert plan.upload_args == {"StorageClass": "STANDARD_IA"}
+    metadata = plan.object_metadata(plan.jobs[0])
+    assert metadata["dag-id"] == "d%C3%A4"
+    assert all(value.isascii() for value in metadata.values())
+    assert metadata["size"] == "1024x1024"
+
+
+def test_task_identity_from_a_context():
+    class TI:
+        dag_id, task_id, map_index, try_number = "d", "t", None, 3
+
+    identity = TaskIdentity.from_context({"ti": TI(), "run_id": "r"})
+    assert identity == TaskIdentity("d", "r", "t", map_index=-1, try_number=3)
+    assert identity.record(2)["prompt_index"] == 2
