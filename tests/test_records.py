@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import boto3
 import pytest
@@ -55,7 +54,11 @@ def _stored_images(s3, job: PromptJob, count: int = 2) -> list[CopiedImage]:
 
 def _manifest(job: PromptJob, images: list[CopiedImage]) -> Manifest:
     return Manifest.build(
-        request=job.request, images=images, endpoint="https://api.test/v3/x", task={"dag_id": "d"}, generation=Generation()
+        request=job.request,
+        images=images,
+        endpoint="https://api.test/v3/x",
+        task={"dag_id": "d"},
+        generation=Generation(),
     )
 
 

@@ -158,8 +158,8 @@ def test_without_fail_fast_every_prompt_is_tried():
 
 def test_generation_slot_refuses_once_stopping():
     with _runner(fail_fast=True) as runner:
-        with pytest.raises(ValueError), runner.generation_slot():
-            raise ValueError
+        with pytest.raises(ValueError, match="API refused"), runner.generation_slot():
+            raise ValueError("API refused")
         with pytest.raises(NotStarted), runner.generation_slot():
             pytest.fail("must not run")
 
