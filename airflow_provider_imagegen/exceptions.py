@@ -63,6 +63,8 @@ __all__ = [
     "error_from_s3",
     "error_from_transport",
     "event_from_error",
+    "scrub",
+    "scrub_header_value",
 ]
 
 _MAX_MESSAGE_CHARS = 500
@@ -78,6 +80,7 @@ _CONTENT_POLICY_PHRASES = (
     "moderation system",
 )
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
+MAX_HEADER_VALUE_CHARS = 128
 
 
 class ImageGenError(AirflowException):
@@ -231,6 +234,37 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` without ``secret``, also in the escaped forms a library may print it in (``repr``, bytes)."""
+    if not secret:
+        return text
+    forms = {secret, secret.strip(), repr(secret)[1:-1], repr(secret.encode("utf-8", "backslashreplace"))[2:-1]}
+    for form in sorted((form for form in forms if len(form) >= 4), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def scrub_header_value(value: str | None, secret: str | None = None) -> str | None:
+    """A value the API echoed in a header (a request id), safe to log and record: no key, printable, short.
+
+    :param value: the header value, or None.
+    :param secret: the API key, removed should the server echo it.
+    :return: None when nothing printable is left.
+    """
+    if value is None:
+        return None
+    value = scrub(value, secret)
+    value = "".join(char for char in value if char.isascii() and char.isprintable()).strip()
+    if len(value) > MAX_HEADER_VALUE_CHARS:
+        value = value[: MAX_HEADER_VALUE_CHARS - 3] + "..."
+    return value or None
+
+
+def request_id_of(headers: httpx.Headers, secret: str | None = None) -> str | None:
+    """The API's request id from the first header that carries one, scrubbed (see :func:`scrub_header_value`)."""
+    return scrub_header_value(next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None), secret)
+
+
 def _error_details(response: httpx.Response) -> tuple[str, str | None, str | None]:
     """Message, code and param of an error body, whether it is JSON (of several shapes) or text."""
     text = response.text.strip()
@@ -258,13 +292,12 @@ def error_from_response(response: httpx.Response, *, secret: str | None = None) 
     :param secret: the API key, scrubbed from the message in case the server echoes it.
     """
     message, code, param = _error_details(response)
-    if secret:
-        message = message.replace(secret, "***")
-        code = code.replace(secret, "***") if code else code
-        param = param.replace(secret, "***") if param else param
+    message = scrub(message, secret)
+    code = scrub_header_value(code, secret)
+    param = scrub_header_value(param, secret)
     message = " ".join(message.split())[:_MAX_MESSAGE_CHARS]
     status = response.status_code
-    request_id = next((response.headers[h] for h in _REQUEST_ID_HEADERS if h in response.headers), None)
+    request_id = request_id_of(response.headers, secret)
     kwargs: dict[str, Any] = {"status_code": status, "request_id": request_id, "code": code, "param": param}
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -296,9 +329,7 @@ def error_from_transport(
     """
     import httpx
 
-    detail = f"{type(error).__name__}: {error}"
-    if secret:
-        detail = detail.replace(secret, "***")
+    detail = scrub(f"{type(error).__name__}: {error}", secret)
     if download:
         return ImageGenDownloadError(f"Image download failed: {detail}")
     if isinstance(error, httpx.TimeoutException):

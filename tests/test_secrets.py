@@ -190,3 +190,181 @@ def test_errors_are_imagegen_errors_with_no_key_in_any_attribute():
         ImageGenHook(transport=httpx.MockTransport(handler)).generate_images("p")
     for name, value in vars(caught.value).items():
         assert KEY not in repr(value), name
+
+
+# -- the key's shape, the server's echoes and the Base URL (issue 11, item 5) ---------------------
+
+from airflow_provider_imagegen.exceptions import ImageGenValidationError  # noqa: E402
+from airflow_provider_imagegen.triggers.imagegen import ImageGenTrigger  # noqa: E402
+
+SHAPES = ["\n", "\r", "\r\n", " \t", "\n\n"]
+
+
+def _set_key(monkeypatch, password: str, host: str = BASE_URL) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_IMAGEGEN_DEFAULT",
+        json.dumps({"conn_type": "imagegen", "host": host, "password": password, "extra": {"max_retries": 1}}),
+    )
+
+
+def _assert_absent(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        for form in {secret, secret.strip(), repr(secret)[1:-1]}:
+            assert form not in text, f"{form!r} leaked"
+
+
+@pytest.mark.parametrize("suffix", SHAPES, ids=repr)
+def test_surrounding_whitespace_is_stripped_and_never_leaks(monkeypatch, captured, suffix):
+    raw = KEY + suffix
+    _set_key(monkeypatch, raw)
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["authorization"])
+        return echoing(500)(request)
+
+    hook = ImageGenHook(transport=httpx.MockTransport(handler), retry_policy=FAST)
+    with pytest.raises(ImageGenServerError) as caught:
+        hook.generate_images("p")
+    assert sent == [f"Bearer {KEY}"] * 2  # the stripped key, retried once
+    ok_, message = ImageGenHook(transport=httpx.MockTransport(echoing(401))).test_connection()
+    assert not ok_
+    texts = [*_texts_of(caught.value), message, repr(hook), repr(hook.settings), captured()]
+    from airflow.sdk._shared.secrets_masker import redact
+
+    texts.append(str(redact(f"Authorization: Bearer {raw} and {KEY}")))
+    for text in texts:
+        _assert_absent(text, raw)
+
+
+@pytest.mark.parametrize(
+    ("password", "word"),
+    [
+        ("sk-abc\ndef-0123456789", "control"),
+        ("sk-abc\x00def-0123456789", "control"),
+        ("sk-abc\x1bdef-0123456789", "control"),
+        ("sk-abc\u200bdef-0123456789", "control"),  # zero-width space (format character)
+        ("sk-ключ-0123456789", "non-ASCII"),
+        ("sk-clé-0123456789", "non-ASCII"),
+    ],
+)
+def test_unusable_key_refused_clearly_without_printing_it(monkeypatch, captured, password, word):
+    _set_key(monkeypatch, password)
+    calls: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: calls.append(request) or httpx.Response(400))
+    with pytest.raises(ImageGenValidationError) as caught:
+        ImageGenHook(transport=transport).generate_images("p")
+    assert word in str(caught.value)
+    assert "API Key" in str(caught.value)
+    ok_, message = ImageGenHook(transport=transport).test_connection()  # a clear failure, no exception
+    assert not ok_
+    assert word in message
+    assert calls == []  # refused before any network call
+    pieces = [piece for piece in password.replace("\x00", "\n").replace("\x1b", "\n").split("\n") if len(piece) > 5]
+    for text in [*_texts_of(caught.value), message, captured()]:
+        _assert_absent(text, password, *pieces)
+        assert "0123456789" not in text
+
+
+def test_echoed_request_id_is_scrubbed_everywhere(monkeypatch, captured):
+    hostile = f"req-1 {KEY}\r\n\x1b[31m" + "A" * 10_000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-fail"):
+            return httpx.Response(429, json={"error": {"message": "slow"}}, headers={"x-request-id": hostile})
+        return httpx.Response(
+            200, json={"images": ["https://cdn.secrets.test/1.png"]}, headers={"x-request-id": hostile}
+        )
+
+    result = ImageGenHook(transport=httpx.MockTransport(handler), retry_policy=FAST).generate_images("p")
+    assert result.request_id is not None
+    assert result.request_id.startswith("req-1 ***")
+    assert len(result.request_id) <= 128
+    assert result.request_id.isprintable()
+    assert "\x1b" not in result.request_id
+    _assert_absent(repr(result), KEY)
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="down", headers={"x-request-id": hostile})
+
+    with pytest.raises(ImageGenServerError) as caught:
+        ImageGenHook(transport=httpx.MockTransport(failing), retry_policy=FAST).generate_images("p")
+    assert caught.value.request_id is not None
+    assert len(caught.value.request_id) <= 128
+    for text in [*_texts_of(caught.value), captured()]:
+        _assert_absent(text, KEY)
+        assert "\x1b" not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "hidden"),
+    [
+        ("https://user:hunter2-pass@api.secrets.test", "hunter2-pass"),
+        ("https://only-a-token-xyz@api.secrets.test", "only-a-token-xyz"),
+        ("https://api.secrets.test/?token=qs-secret-77", "qs-secret-77"),
+        ("https://api.secrets.test/#frag-secret-77", "frag-secret-77"),
+        ("api.secrets.test?key=qs-secret-88", "qs-secret-88"),
+    ],
+)
+def test_base_url_with_credentials_or_query_is_refused_and_never_printed(monkeypatch, captured, host, hidden):
+    _set_key(monkeypatch, KEY, host=host)
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(400))
+    with pytest.raises(ImageGenValidationError) as caught:
+        ImageGenHook(transport=transport).generate_images("p")
+    ok_, message = ImageGenHook(transport=transport).test_connection()
+    assert not ok_
+    assert "api.secrets.test" in message  # says which URL, without what it must not show
+    assert sent == []  # never sent as Basic auth in place of the Bearer key, nor at all
+    for text in [*_texts_of(caught.value), message, captured()]:
+        assert hidden not in text
+        _assert_absent(text, KEY)
+
+
+def test_test_connection_shows_the_public_url(monkeypatch):
+    ok_, message = ImageGenHook(transport=httpx.MockTransport(echoing(400))).test_connection()
+    assert ok_
+    assert f"{BASE_URL}/v3/gpt-image-2-text-to-image" in message
+
+
+@pytest.mark.parametrize(
+    ("host", "warns"),
+    [
+        ("http://api.secrets.test", True),
+        ("http://10.0.0.7:8080", True),
+        ("http://127.0.0.1:8765", False),
+        ("http://localhost:8765", False),
+        ("http://[::1]:8765", False),
+        ("https://api.secrets.test", False),
+    ],
+)
+def test_warns_when_the_key_would_travel_over_plain_http(monkeypatch, captured, host, warns):
+    _set_key(monkeypatch, KEY, host=host)
+    ImageGenHook().settings  # noqa: B018 - reading the settings is what warns
+    logs = captured()
+    assert ("plain http" in logs) is warns
+    assert KEY not in logs
+
+
+class _EchoTrigger(ImageGenTrigger):
+    def _hook(self) -> ImageGenHook:
+        return ImageGenHook(self.imagegen_conn_id, async_transport=httpx.MockTransport(echoing(401)))
+
+
+@pytest.mark.parametrize("password", [KEY + "\n", KEY + "\r", "sk-ab\x07cd-0123456789"], ids=repr)
+def test_trigger_event_never_holds_the_key(monkeypatch, captured, password):
+    _set_key(monkeypatch, password)
+    trigger = _EchoTrigger("imagegen_default", {0: {"prompt": "p", "n": 1}})
+
+    async def first_event() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    payload = asyncio.run(first_event())
+    outcome = payload["results"]["0"]
+    assert outcome["status"] == "error"
+    assert outcome["permanent"] is True
+    for text in [json.dumps(payload), repr(trigger.serialize()), captured()]:
+        _assert_absent(text, password, KEY)
+        assert "0123456789" not in text

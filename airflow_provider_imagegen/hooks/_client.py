@@ -8,9 +8,11 @@ Image downloads (URL policy, redirects, the capped stream) have their own module
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import random
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -104,6 +106,98 @@ def _number(
     return int(number) if kind is int else number
 
 
+class _Hidden:
+    """Stands for a secret in an error's ``value``: its repr says what is wrong, never what it is."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<{self.what}, not shown>"
+
+
+def check_api_key(conn_id: str, password: str | None) -> str:
+    """The API key with surrounding whitespace removed; refused (without printing it) if unusable.
+
+    Secrets backends and files often add a trailing newline or carriage return: it is stripped.
+    A key that still holds a control character, or a non-ASCII one, cannot be sent in an HTTP
+    header; it is refused with an error that says which, never showing the key.
+
+    :param conn_id: connection id, for the message.
+    :param password: the connection's password field.
+    """
+    field_name = f"connection {conn_id!r} API Key (password)"
+    key = (password or "").strip()
+    if not key:
+        raise ImageGenValidationError(field_name, "", "a non-empty API key")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in key):
+        raise ImageGenValidationError(
+            field_name, _Hidden("a key holding a control character"), "printable ASCII without control characters"
+        )
+    if not key.isascii():
+        raise ImageGenValidationError(
+            field_name, _Hidden("a key holding a non-ASCII character"), "printable ASCII (an HTTP header value)"
+        )
+    return key
+
+
+def check_base_url(conn_id: str, base_url: str) -> str:
+    """Refuse a Base URL holding credentials, a query or a fragment, without printing them.
+
+    Credentials in the URL would be sent as Basic auth in place of the Bearer key (and printed
+    wherever the URL is); a query or fragment would end up in the middle of the endpoint's URL.
+
+    :param conn_id: connection id, for the message.
+    :param base_url: the normalised Base URL.
+    """
+    parts = urlsplit(base_url)
+    problem = ""
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        problem = "credentials (user:password@)"
+    elif parts.query or parts.fragment or "?" in base_url or "#" in base_url:
+        problem = "a query string or fragment"
+    if problem:
+        host = parts.hostname or ""
+        shown = f"{parts.scheme}://{host}" + (f":{parts.port}" if _port_or_none(parts) else "") + parts.path
+        raise ImageGenValidationError(
+            f"connection {conn_id!r} Base URL (host)",
+            _Hidden(f"{shown} with {problem}"),
+            "a URL without credentials, query or fragment (put the key in API Key)",
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ImageGenValidationError(f"connection {conn_id!r} Base URL (host)", parts.scheme, "http or https")
+    return base_url
+
+
+def _port_or_none(parts: Any) -> int | None:
+    try:
+        return int(parts.port) if parts.port else None
+    except ValueError:
+        return None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, as spelled) is this machine's loopback."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_warning(settings: ConnectionSettings) -> str | None:
+    """A warning when the key would travel over plain http to a host that is not this machine."""
+    parts = urlsplit(settings.base_url)
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return None
+    return (
+        f"The imagegen connection sends the API key over plain http to {parts.hostname}: "
+        "anyone on the network path can read it. Use an https Base URL."
+    )
+
+
 def normalise_base_url(host: str | None, port: int | None = None) -> str:
     """``api.example.com`` → ``https://api.example.com``; empty → the public API; no trailing slash.
 
@@ -138,8 +232,8 @@ def settings_from_connection(
     :param extra: ``endpoint``, ``timeout`` (read timeout, s), ``connect_timeout`` (s), ``max_retries``.
     :param port: the connection's port, if any (only URI-form connections set it).
     """
-    if not password:
-        raise ImageGenValidationError(f"connection {conn_id!r} API Key (password)", "", "a non-empty API key")
+    api_key = check_api_key(conn_id, password)
+    base_url = check_base_url(conn_id, normalise_base_url(host, port))
     endpoint = str(extra.get("endpoint") or DEFAULT_ENDPOINT).strip()
     if not endpoint.startswith("/"):
         endpoint = "/" + endpoint
@@ -151,7 +245,11 @@ def settings_from_connection(
     ):
         if extra.get(name) not in (None, ""):
             settings[name] = _number(conn_id, name, extra[name], kind, minimum, maximum)
-    return ConnectionSettings(api_key=password, base_url=normalise_base_url(host, port), endpoint=endpoint, **settings)
+    if "?" in endpoint or "#" in endpoint or any(not char.isprintable() for char in endpoint):
+        raise ImageGenValidationError(
+            f"connection {conn_id!r} extra endpoint", _Hidden("a path with a query or control characters"), "a path"
+        )
+    return ConnectionSettings(api_key=api_key, base_url=base_url, endpoint=endpoint, **settings)
 
 
 def parse_image_urls(response: httpx.Response) -> list[str]:

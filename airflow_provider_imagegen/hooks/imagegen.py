@@ -18,6 +18,8 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenError,
     ImageGenNotFoundError,
     error_from_transport,
+    request_id_of,
+    scrub,
 )
 from airflow_provider_imagegen.hooks import download
 from airflow_provider_imagegen.hooks._client import (
@@ -25,6 +27,7 @@ from airflow_provider_imagegen.hooks._client import (
     ConnectionSettings,
     RetryPolicy,
     parse_image_urls,
+    plain_http_warning,
     raise_for_status,
     settings_from_connection,
     shared_ssl_context,
@@ -92,6 +95,9 @@ class ImageGenHook(BaseHook):
 
     def _settings_from(self, conn: Connection) -> ConnectionSettings:
         settings = settings_from_connection(conn.conn_id, conn.host, conn.password, conn.extra_dejson, conn.port)
+        warning = plain_http_warning(settings)
+        if warning:
+            self.log.warning("%s", warning)
         overrides: dict[str, Any] = {}
         if self._max_retries is not None:
             overrides["max_retries"] = self._max_retries
@@ -107,9 +113,12 @@ class ImageGenHook(BaseHook):
     def settings(self) -> ConnectionSettings:
         """The connection's settings, read once (sync)."""
         if self._settings is None:
-            settings = self._settings_from(self.get_connection(self.imagegen_conn_id))
+            connection = self.get_connection(self.imagegen_conn_id)
             from airflow.sdk.log import mask_secret
 
+            if connection.password and connection.password.strip():
+                mask_secret(connection.password.strip())  # before any check can fail and print
+            settings = self._settings_from(connection)
             mask_secret(settings.api_key)
             self._settings = settings
         return self._settings
@@ -241,7 +250,7 @@ class ImageGenHook(BaseHook):
         except httpx.TransportError as error:
             raise error_from_transport(error, secret=settings.api_key) from None
         raise_for_status(response, settings.api_key)
-        return parse_image_urls(response), response.headers.get("x-request-id")
+        return parse_image_urls(response), request_id_of(response.headers, settings.api_key)
 
     async def agenerate_images(
         self,
@@ -280,7 +289,7 @@ class ImageGenHook(BaseHook):
             except httpx.TransportError as error:
                 raise error_from_transport(error, secret=settings.api_key) from None
             raise_for_status(response, settings.api_key)
-            return parse_image_urls(response), response.headers.get("x-request-id")
+            return parse_image_urls(response), request_id_of(response.headers, settings.api_key)
 
         outcome: tuple[list[str], str | None] = await retrying(post_once)
         urls, request_id = outcome
@@ -324,6 +333,9 @@ class ImageGenHook(BaseHook):
         """
         try:
             settings = self.settings
+        except ImageGenError as error:
+            return False, str(error)
+        try:
             with httpx.Client(
                 timeout=httpx.Timeout(30.0, connect=settings.connect_timeout),
                 headers={"User-Agent": USER_AGENT},
@@ -336,10 +348,12 @@ class ImageGenHook(BaseHook):
         except (ImageGenAuthenticationError, ImageGenNotFoundError) as error:
             return False, str(error)
         except ImageGenBadRequestError:
-            return True, f"Connected to {settings.url}; the API key was accepted (no image was generated)."
+            return True, f"Connected to {settings.public_url}; the API key was accepted (no image was generated)."
         except ImageGenError as error:
             return False, str(error)
-        return False, f"{settings.url} accepted an invalid request; is this the GPT Image 2 endpoint?"
+        except (httpx.HTTPError, ValueError) as error:  # e.g. a header httpx cannot encode
+            return False, scrub(f"Could not send the test request: {type(error).__name__}: {error}", settings.api_key)
+        return False, f"{settings.public_url} accepted an invalid request; is this the GPT Image 2 endpoint?"
 
 
 # conn_id -> the lookup in flight, per event loop: a burst of triggers shares one read
@@ -368,6 +382,8 @@ async def _read_and_mask(hook: BaseHook, conn_id: str) -> Any:
     connection = await hook.aget_connection(conn_id)
     if connection.password:
         await _amask_secret(connection.password)
+        if connection.password.strip() and connection.password.strip() != connection.password:
+            await _amask_secret(connection.password.strip())  # the form that is sent
     return connection
 
 
