@@ -349,6 +349,13 @@ _PERMANENT_S3_CODES = frozenset(
         "KMS.NotFoundException",
         "KMS.DisabledException",
         "403",
+        # arguments S3 refuses: a retry sends the same ones
+        "InvalidArgument",
+        "InvalidStorageClass",
+        "InvalidTag",
+        "KeyTooLong",
+        "InvalidEncryptionAlgorithmError",
+        "ParamValidationError",
     }
 )
 S3_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -370,7 +377,7 @@ def error_from_s3(error: BaseException, bucket: str, key: str, *, action: str = 
     :param key: the object key.
     :param action: what was being done, for the message (``upload to``, ``read of``...).
     """
-    code = s3_error_code(error)
+    code = s3_error_code(error) or ("ParamValidationError" if type(error).__name__ == "ParamValidationError" else "")
     if code == "NoSuchBucket":
         return ImageGenStorageError(
             f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)", permanent=True

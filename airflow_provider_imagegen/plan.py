@@ -26,6 +26,38 @@ from airflow_provider_imagegen.exceptions import ImageGenValidationError
 from airflow_provider_imagegen.models import ImageGenerationRequest, prompt_digest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
+DEFAULT_MAX_IMAGES = 100
+# the longest name put under a prompt's prefix: "/_pending.json" (images are "/NN.png")
+_LONGEST_NAME = "/_pending.json"
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "OUTPOSTS",
+        "GLACIER_IR",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    }
+)
+CANNED_ACLS = frozenset(
+    {
+        "private",
+        "public-read",
+        "public-read-write",
+        "authenticated-read",
+        "aws-exec-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+    }
+)
 # characters of Airflow's own run ids (``manual__2026-01-01T00:00:00+00:00``) that are replaced
 # readably; any other replaced character adds a digest of the original so that names stay distinct
 _TIMESTAMP_CHARS = frozenset(":+")
@@ -127,6 +159,7 @@ def build_plan(
     s3_key_prefix: Any,
     request_params: dict[str, Any],
     min_images: Any,
+    max_images: Any = DEFAULT_MAX_IMAGES,
     encrypt: bool = False,
     kms_key_id: Any = None,
     acl_policy: Any = None,
@@ -142,6 +175,7 @@ def build_plan(
     :param s3_key_prefix: the user's prefix, or None for the default one.
     :param request_params: ``n``, ``size``, ``quality``... as rendered (numbers may be strings).
     :param min_images: fewest images per prompt that count as success.
+    :param max_images: the spending guard: the most images (prompts x n) one task may ask for; None: no cap.
     :param encrypt: SSE-S3 (AES256).
     :param kms_key_id: SSE-KMS with this key.
     :param acl_policy: a canned ACL.
@@ -155,9 +189,12 @@ def build_plan(
     texts = [prompt] if prompts is None else rendered_prompts(prompts)
     requests = [ImageGenerationRequest(prompt=text, **params) for text in texts]
     check_min_images(min_images, requests[0].n)
+    check_max_images(max_images, len(requests), requests[0].n)
     check_bucket_name(s3_bucket)
     check_extra_args(s3_extra_args)
+    check_object_settings(kms_key_id=kms_key_id, acl_policy=acl_policy, s3_tags=s3_tags, extra=s3_extra_args)
     prefix = task_prefix(s3_key_prefix, task)
+    check_key_length(prefix, batch=prompts is not None)
     if prompts is None:
         jobs: tuple[PromptJob, ...] = (PromptJob(0, requests[0], prefix),)
     else:
@@ -179,7 +216,7 @@ def build_plan(
 
 def as_int(name: str, value: Any) -> Any:
     """Template rendering yields strings: ``"3"`` → 3; anything else is left for validation to judge."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return value
 
@@ -209,13 +246,64 @@ def check_min_images(min_images: Any, n: int) -> None:
         raise ImageGenValidationError("min_images", min_images, f"an integer from 1 to n ({n})")
 
 
+def check_max_images(max_images: Any, prompts: int, n: int) -> None:
+    """The spending guard: ``prompts x n`` images at most (``None`` disables it)."""
+    if max_images is None:
+        return
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ImageGenValidationError("max_images", max_images, "a positive integer, or None for no cap")
+    if prompts * n > max_images:
+        raise ImageGenValidationError(
+            "max_images",
+            max_images,
+            f"at least {prompts} prompt(s) x n={n} = {prompts * n} images; nothing was generated "
+            "(raise max_images, or set it to None, if this many images is intended)",
+        )
+
+
 def check_bucket_name(bucket: Any) -> None:
-    """A bare bucket name: no ``s3://``, no key, no surrounding spaces."""
+    """A bare bucket name S3 accepts: 3-63 of ``a-z 0-9 . -``, no ``s3://``, no key, not an IP address."""
     if not isinstance(bucket, str) or not bucket.strip() or bucket != bucket.strip():
         raise ImageGenValidationError("s3_bucket", bucket, "a bucket name")
     if "/" in bucket or bucket.startswith("s3:"):
         raise ImageGenValidationError(
             "s3_bucket", bucket, "a bare bucket name (no s3:// and no key; use s3_key_prefix for the key)"
+        )
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP_LIKE.match(bucket):
+        raise ImageGenValidationError(
+            "s3_bucket", bucket, "3 to 63 lowercase letters, digits, dots and hyphens, not an IP address"
+        )
+
+
+def check_object_settings(*, kms_key_id: Any, acl_policy: Any, s3_tags: Any, extra: Any) -> None:
+    """Values S3 would refuse only after the images were paid for: storage class, ACL, tags, KMS key."""
+    if kms_key_id is not None and (not isinstance(kms_key_id, str) or not kms_key_id.strip()):
+        raise ImageGenValidationError("kms_key_id", kms_key_id, "a KMS key id, ARN or alias (a string)")
+    if acl_policy is not None and acl_policy not in CANNED_ACLS:
+        raise ImageGenValidationError("acl_policy", acl_policy, "one of " + ", ".join(sorted(CANNED_ACLS)))
+    if s3_tags is not None:
+        if not isinstance(s3_tags, dict) or len(s3_tags) > 10:
+            raise ImageGenValidationError("s3_tags", s3_tags, "a mapping of at most 10 tags")
+        for key, value in s3_tags.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not 1 <= len(key) <= 128 or len(value) > 256:
+                raise ImageGenValidationError(
+                    "s3_tags", {key: value}, "string keys of 1-128 and string values of 0-256 characters"
+                )
+    storage_class = (extra or {}).get("StorageClass") if isinstance(extra, dict) else None
+    if storage_class is not None and storage_class not in STORAGE_CLASSES:
+        raise ImageGenValidationError(
+            "s3_extra_args",
+            {"StorageClass": storage_class},
+            "a StorageClass among " + ", ".join(sorted(STORAGE_CLASSES)),
+        )
+
+
+def check_key_length(prefix: str, *, batch: bool) -> None:
+    """Every key under ``prefix`` (batch: ``/NNN`` more) stays within S3's 1024 bytes."""
+    longest = prefix + ("/000" if batch else "") + _LONGEST_NAME
+    if len(longest.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ImageGenValidationError(
+            "s3_key_prefix", prefix, f"a prefix short enough for {longest[len(prefix) :]!r} to fit in 1024 bytes"
         )
 
 
@@ -280,6 +368,14 @@ def task_prefix(s3_key_prefix: Any, task: TaskIdentity) -> str:
     if s3_key_prefix is not None and not isinstance(s3_key_prefix, str):
         raise ImageGenValidationError("s3_key_prefix", s3_key_prefix, "a string")
     prefix = (s3_key_prefix or "").strip().strip("/")
+    segments = prefix.split("/")
+    if prefix and (
+        any(segment in ("", ".", "..") for segment in segments)
+        or any(ord(char) < 32 or ord(char) == 127 for char in prefix)
+    ):
+        raise ImageGenValidationError(
+            "s3_key_prefix", s3_key_prefix, "a key prefix without empty, '.' or '..' segments or control characters"
+        )
     if not prefix:
         return default_prefix(task.dag_id, task.run_id, task.task_id, task.map_index)
     return f"{prefix}/{task.map_index}" if task.map_index >= 0 else prefix

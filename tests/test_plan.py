@@ -72,6 +72,27 @@ def test_mapped_tasks_get_their_map_index():
         ({"s3_extra_args": {"StorageClas": "STANDARD"}}, "s3_extra_args"),
         ({"s3_extra_args": {"ChecksumSHA256": "x"}}, "s3_extra_args"),
         ({"s3_extra_args": ["StorageClass"]}, "s3_extra_args"),
+        ({"s3_extra_args": {"StorageClass": "STANDRD"}}, "s3_extra_args"),
+        ({"request_params": {"n": "\uff13"}}, "n"),  # a full-width 3: a digit to Python, not to the API
+        ({"request_params": {"n": "\u0663"}}, "n"),  # an Arabic-Indic 3
+        ({"s3_tags": ["team", "a"]}, "s3_tags"),
+        ({"s3_tags": {"team": 5}}, "s3_tags"),
+        ({"s3_tags": {f"k{i}": "v" for i in range(11)}}, "s3_tags"),
+        ({"acl_policy": "bucket-owner-ful-control"}, "acl_policy"),
+        ({"kms_key_id": 1234}, "kms_key_id"),
+        ({"s3_bucket": "My_Bucket"}, "s3_bucket"),
+        ({"s3_bucket": "ab"}, "s3_bucket"),
+        ({"s3_bucket": "a..b"}, "s3_bucket"),
+        ({"s3_bucket": "192.168.1.1"}, "s3_bucket"),
+        ({"s3_key_prefix": "banners/../secrets"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "banners/./x"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "banners//x"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "banners/\nx"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "p" * 1012}, "s3_key_prefix"),
+        ({"s3_key_prefix": "\u00e9" * 506}, "s3_key_prefix"),  # 1012 bytes in UTF-8, 506 characters
+        ({"max_images": 1}, "max_images"),
+        ({"max_images": 0}, "max_images"),
+        ({"prompt": None, "prompts": ["x"] * 51}, "max_images"),  # 51 x n=2 > 100
     ],
 )
 def test_bad_values_are_refused_naming_the_field(overrides, field):
@@ -79,6 +100,17 @@ def test_bad_values_are_refused_naming_the_field(overrides, field):
         _plan(**overrides)
     assert caught.value.field == field
     assert caught.value.permanent
+
+
+def test_the_spending_guard_passes_at_the_limit_and_can_be_disabled():
+    assert len(_plan(prompt=None, prompts=["x"] * 50).jobs) == 50  # 50 x n=2 = 100 = the default cap
+    assert len(_plan(prompt=None, prompts=["x"] * 51, max_images=None).jobs) == 51
+    with pytest.raises(ImageGenValidationError, match=r"51 prompt\(s\) x n=2 = 102 images"):
+        _plan(prompt=None, prompts=["x"] * 51)
+
+
+def test_the_longest_prefix_that_fits():
+    assert _plan(s3_key_prefix="p" * 1010).jobs[0].prefix == "p" * 1010  # + "/_pending.json" = 1024 bytes
 
 
 def test_upload_arguments_and_metadata():
