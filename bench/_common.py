@@ -191,9 +191,7 @@ def run_child(module: str, args: dict[str, Any], env: dict[str, str] | None = No
         check=False,
     )
     if completed.returncode != 0:
-        raise RuntimeError(
-            f"child {module} failed with code {completed.returncode}:\n{completed.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"child {module} failed with code {completed.returncode}:\n{completed.stderr[-4000:]}")
     lines = [line for line in completed.stdout.splitlines() if line.strip()]
     return json.loads(lines[-1])
 

@@ -35,9 +35,7 @@ TARGET = 1.25
 def _run(bucket: str) -> float:
     from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 
-    operator = ImageGenToS3Operator(
-        task_id="b4_batch", prompts=PROMPTS, s3_bucket=bucket, max_concurrency=CONCURRENCY
-    )
+    operator = ImageGenToS3Operator(task_id="b4_batch", prompts=PROMPTS, s3_bucket=bucket, max_concurrency=CONCURRENCY)
     started = time.perf_counter()
     result = operator.execute(task_context("b4_batch"))
     elapsed = time.perf_counter() - started
@@ -58,9 +56,10 @@ def _floor(imagegen_json: str, s3_info: dict[str, Any], bucket: str) -> float:
         s3.put_object(Bucket=bucket, Key=f"b4-floor/{uuid.uuid4().hex}.png", Body=data)
 
     started = time.perf_counter()
-    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=CONCURRENCY)) as http, ThreadPoolExecutor(
-        CONCURRENCY
-    ) as pool:
+    with (
+        httpx.Client(timeout=600, limits=httpx.Limits(max_connections=CONCURRENCY)) as http,
+        ThreadPoolExecutor(CONCURRENCY) as pool,
+    ):
         list(pool.map(one, PROMPTS))
     return time.perf_counter() - started
 

@@ -56,8 +56,15 @@ class Floor:
     def __init__(self, imagegen_json: str, s3_info: dict[str, Any], bucket: str) -> None:
         self.url, self.headers = imagegen_settings(imagegen_json)
         self.s3_info, self.bucket = s3_info, bucket
-        self.body = {"prompt": PROMPT, "n": 1, "size": SIZE, "quality": "medium", "background": "auto",
-                     "moderation": "auto", "output_format": "png"}
+        self.body = {
+            "prompt": PROMPT,
+            "n": 1,
+            "size": SIZE,
+            "quality": "medium",
+            "background": "auto",
+            "moderation": "auto",
+            "output_format": "png",
+        }
 
     def run(self, *, prebuilt: bool) -> float:
         """Seconds for one bare copy; with ``prebuilt`` the clients are built before the clock starts."""
