@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, error_from_event
+from airflow_provider_imagegen.metrics import TryTally, prompt_cost
 from airflow_provider_imagegen.models import ImageGenerationResult, prompt_digest
 from airflow_provider_imagegen.records import Generation, Manifest, RecordStore, utcnow_iso
 from airflow_provider_imagegen.runner import Runner
@@ -45,7 +46,8 @@ def open_pipeline(
     log: TaskLog,
 ) -> Iterator[PromptPipeline]:
     """The parts of one try, assembled; on the way out the committed prompts' pending records go,
-    and the hook's HTTP client is closed.
+    the hook's HTTP client is closed and the try's cost summary is logged (not when it defers:
+    the try goes on after the trigger).
 
     :param plan: what this try does.
     :param hook: the image API hook (its connection already read).
@@ -71,12 +73,19 @@ def open_pipeline(
     runner = Runner(
         max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log
     )
+    tally = TryTally(log)
+    deferring = False
     with runner:
         try:
-            yield PromptPipeline(plan=plan, hook=hook, store=store, copier=copier, runner=runner, log=log)
+            yield PromptPipeline(plan=plan, hook=hook, store=store, copier=copier, runner=runner, log=log, tally=tally)
+        except BaseException as error:
+            deferring = type(error).__name__ == "TaskDeferred"
+            raise
         finally:
             store.drop_committed()
             hook.close()
+            if not deferring:
+                log.info("%s", tally.summary(len(plan.jobs)))
 
 
 class PromptPipeline:
@@ -88,11 +97,21 @@ class PromptPipeline:
     :param copier: copies one URL into one verified object.
     :param runner: threads and bounds.
     :param log: the task's logger.
+    :param tally: what the try costs (summary line and metrics).
     """
 
     def __init__(
-        self, *, plan: Plan, hook: ImageGenHook, store: RecordStore, copier: Copier, runner: Runner, log: TaskLog
+        self,
+        *,
+        plan: Plan,
+        hook: ImageGenHook,
+        store: RecordStore,
+        copier: Copier,
+        runner: Runner,
+        log: TaskLog,
+        tally: TryTally | None = None,
     ) -> None:
+        self.tally = tally or TryTally(log)
         self.plan = plan
         self.hook = hook
         self.store = store
@@ -146,6 +165,7 @@ class PromptPipeline:
         """What an earlier try left: its verified images, or its recorded URLs copied now; else None."""
         images = self.store.reuse(job)
         if images is not None:
+            self.tally.reused(images)
             return images
         pending = self.store.pending(job)
         if pending is None:
@@ -179,7 +199,12 @@ class PromptPipeline:
             _preview(request.prompt),
         )
         with self.runner.generation_slot():
-            result = self.hook.send(request)
+            started = time.monotonic()
+            try:
+                result = self.hook.send(request)
+            except ImageGenError as error:
+                self.tally.failed(error, time.monotonic() - started)
+                raise
         self.log.info(
             "Prompt %d: the API returned %d of %d image(s) in %.1f s (%d attempt(s))",
             job.prompt_index,
@@ -200,9 +225,12 @@ class PromptPipeline:
             images = self.store.reuse(job)
             if images is None:
                 raise ImageGenError(f"Prompt {job.prompt_index}: no result from the trigger")
+            self.tally.reused(images, send=False)  # sent before deferring
             return images
         if outcome.get("status") != "success":
-            raise error_from_event(outcome)
+            error = error_from_event(outcome)
+            self.tally.failed(error)
+            raise error
         result = ImageGenerationResult(
             image_urls=list(outcome["image_urls"]),
             request=job.request,
@@ -218,6 +246,7 @@ class PromptPipeline:
         The record is written while the copy starts, not before it: the manifest (the commit
         point) waits for it, and a failed copy returns only once the record is stored.
         """
+        self.tally.generated(requested=job.request.n, received=len(result.image_urls), seconds=result.elapsed)
         self._check_count(job, len(result.image_urls))
         generation = Generation(
             generated_at=utcnow_iso(), generation_seconds=round(result.elapsed, 3), request_id=result.request_id
@@ -257,6 +286,13 @@ class PromptPipeline:
                 endpoint=self.hook.settings.public_url,
                 task=self.plan.task.record(job.prompt_index),
                 generation=generation,
+                cost=prompt_cost(
+                    calls=1,
+                    requested=job.request.n,
+                    received=len(urls),
+                    images=images,
+                    seconds=generation.generation_seconds,
+                ),
             )
             try:
                 if recorded is not None:
@@ -265,6 +301,7 @@ class PromptPipeline:
             except Exception:
                 self.store.discard(images)  # no manifest vouches for them: leave no image under a final key
                 raise
+            self.tally.stored(images, time.monotonic() - started)
         self.log.info(
             "Prompt %d: %d image(s), %.1f MB, copied and verified in %.1f s; manifest s3://%s/%s/manifest.json",
             job.prompt_index,

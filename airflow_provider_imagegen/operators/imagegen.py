@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, conf
 
+from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
 from airflow_provider_imagegen.plan import Plan, PromptJob, TaskIdentity, build_plan
 
@@ -51,6 +52,8 @@ class ImageGenToS3Operator(BaseOperator):
     :param output_compression: 0 to 100, jpeg only (templated).
     :param min_images: fewest images per prompt that count as success (the API may return fewer
         than ``n``); fewer fails the task.
+    :param max_images: spending guard: the most images (prompts x ``n``) one task instance may ask
+        for, checked before any call; ``None`` disables it.
     :param imagegen_conn_id: the ``imagegen`` connection.
     :param aws_conn_id: the AWS connection for S3.
     :param encrypt: server-side encryption with S3-managed keys (AES256).
@@ -65,6 +68,8 @@ class ImageGenToS3Operator(BaseOperator):
         and then fail, naming every failed prompt.
     :param deferrable: wait for the API in the triggerer instead of holding a worker slot.
     :param max_image_bytes: the most bytes accepted for one image.
+    :param asset_events: ``"task"``: one event per outlet and task instance (an alias resolves to
+        ``s3://{bucket}/imagegen/{dag_id}/{task_id}``); ``"image"``: aliases get one asset per image.
     """
 
     template_fields: Sequence[str] = (
@@ -90,6 +95,7 @@ class ImageGenToS3Operator(BaseOperator):
         output_format: str = "png",
         output_compression: int | str | None = None,
         min_images: int = 1,
+        max_images: int | None = 100,
         imagegen_conn_id: str = "imagegen_default",
         aws_conn_id: str | None = "aws_default",
         encrypt: bool = False,
@@ -102,6 +108,7 @@ class ImageGenToS3Operator(BaseOperator):
         fail_fast: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_image_bytes: int | None = None,
+        asset_events: str = "task",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,7 +127,7 @@ class ImageGenToS3Operator(BaseOperator):
         self.moderation = moderation
         self.output_format = output_format
         self.output_compression = output_compression
-        self.min_images = min_images
+        self.min_images, self.max_images = min_images, max_images
         self.imagegen_conn_id = imagegen_conn_id
         self.aws_conn_id = aws_conn_id
         self.encrypt = encrypt
@@ -133,6 +140,7 @@ class ImageGenToS3Operator(BaseOperator):
         self.fail_fast = fail_fast
         self.deferrable = deferrable
         self.max_image_bytes = max_image_bytes
+        self.asset_events = check_asset_events(asset_events)
 
     # -- hooks (built lazily: never at DAG parse time) ------------------------------------------
 
@@ -214,6 +222,7 @@ class ImageGenToS3Operator(BaseOperator):
             s3_key_prefix=self.s3_key_prefix,
             request_params={name: getattr(self, name) for name in _REQUEST_FIELDS},
             min_images=self.min_images,
+            max_images=self.max_images,
             encrypt=self.encrypt,
             kms_key_id=self.kms_key_id,
             acl_policy=self.acl_policy,
@@ -259,19 +268,10 @@ class ImageGenToS3Operator(BaseOperator):
     # -- what Airflow gets ------------------------------------------------------------------------
 
     def _finish(self, context: Context, plan: Plan, images: list[CopiedImage]) -> list[dict[str, Any]]:
-        """Asset events for AssetAlias outlets, then the XCom value."""
-        self._emit_asset_events(context, plan, images)
+        """Asset events for the outlets (``assets.emit``), then the XCom value."""
+        emit(self.outlets, context["outlet_events"], plan, images, mode=self.asset_events)
         self._stored_images = images
         return [image.to_dict() for image in images]
-
-    def _emit_asset_events(self, context: Context, plan: Plan, images: list[CopiedImage]) -> None:
-        from airflow.sdk import Asset, AssetAlias
-
-        from airflow_provider_imagegen.assets import image_events
-
-        for alias in (outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)):
-            for uri, extra in image_events(plan, images):
-                context["outlet_events"][alias].add(Asset(uri), extra=extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the S3 objects written (the openlineage provider stays optional)."""

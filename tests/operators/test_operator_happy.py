@@ -216,11 +216,85 @@ def test_upload_args_reach_the_objects(make_op, context, emulator, s3, s3_bucket
     assert manifest_head["ServerSideEncryption"] == "AES256"
 
 
-def test_asset_alias_gets_one_event_per_image(make_op, context, emulator, s3_bucket):
+def _real_outlet_events(context):
+    """Airflow's own outlet event accessors instead of the recording stand-in."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    context["outlet_events"] = OutletEventAccessors()
+    return context["outlet_events"]
+
+
+def test_asset_alias_gets_one_task_event_by_default(make_op, context, emulator, s3_bucket):
     from airflow.sdk import Asset, AssetAlias
 
     alias = AssetAlias("imagegen_images")
+    events = _real_outlet_events(context)
     xcom = make_op(n=3, outlets=[alias]).execute(context)
+    [event] = events[alias].asset_alias_events
+    assert event.dest_asset_key.uri == f"s3://{s3_bucket}/imagegen/imagegen_test/generate"
+    extra = event.extra
+    assert extra["manifests"] == [f"{PREFIX}/manifest.json"]
+    assert [(i["key"], i["sha256"], i["size_bytes"]) for i in extra["images"]] == [
+        (item["key"], item["sha256"], item["size_bytes"]) for item in xcom
+    ]
+    assert (extra["image_count"], extra["prompt_count"], extra["truncated"]) == (3, 1, False)
+    assert extra["bytes"] == sum(item["size_bytes"] for item in xcom)
+    assert (extra["bucket"], extra["prefix"], extra["run_id"]) == (s3_bucket, PREFIX, RUN_ID)
+    assert len(json.dumps(extra)) < 4096
+    # a second run of the task resolves to the same asset
+    context2 = make_context(run_id="manual__2026-01-02T00:00:00+00:00")
+    events2 = _real_outlet_events(context2)
+    make_op(n=1, outlets=[alias]).execute(context2)
+    [event2] = events2[alias].asset_alias_events
+    assert event2.dest_asset_key == event.dest_asset_key
+    assert Asset(event.dest_asset_key.uri).uri == event.dest_asset_key.uri
+
+
+def test_static_asset_outlet_gets_the_extra(make_op, context, emulator, s3_bucket):
+    from airflow.sdk import Asset
+
+    banners = Asset(f"s3://{s3_bucket}/banners/")
+    events = _real_outlet_events(context)
+    xcom = make_op(n=2, outlets=[banners]).execute(context)
+    extra = events[banners].extra
+    assert [i["key"] for i in extra["images"]] == [item["key"] for item in xcom]
+    assert extra["image_count"] == 2
+    assert extra["manifests"] == [f"{PREFIX}/manifest.json"]
+    assert events[banners].asset_alias_events == []
+
+
+def test_task_event_extra_is_bounded(make_op, context, emulator, s3_bucket):
+    from airflow.sdk import AssetAlias
+
+    from airflow_provider_imagegen import assets
+
+    alias = AssetAlias("imagegen_images")
+    events = _real_outlet_events(context)
+    make_op(prompts=[f"prompt {i}" for i in range(3)], n=2, outlets=[alias]).execute(context)
+    extra = events[alias].asset_alias_events[0].extra
+    plan_images = extra["images"]
+    assert (extra["image_count"], len(plan_images), extra["truncated"]) == (6, 6, False)
+    # the same builder with a small cap: the lists stop, the counts do not
+    op = make_op(prompts=[f"prompt {i}" for i in range(3)], n=2)
+    plan = op.build_plan(context)
+    from airflow_provider_imagegen.models import CopiedImage
+
+    images = [
+        CopiedImage.from_dict(
+            {**image, "bucket": s3_bucket, "content_type": "image/png", "index": 0, "width": 1, "height": 1}
+        )
+        for image in plan_images
+    ]
+    small = assets.task_event_extra(plan, images, limit=2)
+    assert (small["image_count"], len(small["images"]), len(small["manifests"]), small["truncated"]) == (6, 2, 2, True)
+    assert small["prefix"] == plan.list_prefix  # where the rest of the manifests are
+
+
+def test_asset_alias_per_image_when_asked(make_op, context, emulator, s3_bucket):
+    from airflow.sdk import Asset, AssetAlias
+
+    alias = AssetAlias("imagegen_images")
+    xcom = make_op(n=3, outlets=[alias], asset_events="image").execute(context)
     added = context["outlet_events"].added
     assert len(added) == 3
     for (outlet, asset, extra), item in zip(added, xcom, strict=True):
@@ -229,6 +303,11 @@ def test_asset_alias_gets_one_event_per_image(make_op, context, emulator, s3_buc
         assert extra["sha256"] == item["sha256"]
         assert extra["size_bytes"] == item["size_bytes"]
         assert extra["prompt_sha256"] == prompt_digest("a lighthouse at dawn, watercolour")
+
+
+def test_asset_events_mode_is_validated(make_op):
+    with pytest.raises(ValueError, match="asset_events must be one of"):
+        make_op(asset_events="run")
 
 
 def test_no_asset_events_without_alias_outlets(make_op, context, emulator, s3_bucket):

@@ -1,0 +1,165 @@
+"""What a try cost, counted once: the summary log line, the manifest figures and Airflow's metrics.
+
+:class:`TryTally` is told every event of one try (an API call's outcome, images stored, images
+reused) by the pipeline's threads; it adds them up for the summary line logged at the end of the
+try and sends each to Airflow's own metrics system (StatsD, Datadog or OpenTelemetry, whichever
+the deployment's ``[metrics]`` section turns on; nothing is sent when none is). Metric names,
+all under Airflow's ``[metrics] statsd_prefix`` (default ``airflow``):
+
+=====================================  =======  ==================================================
+``imagegen.generation_calls.<outcome>``  counter  API generation calls; ``success`` or the error
+                                                  class (``ImageGenRateLimitError`` …)
+``imagegen.images_stored``             counter  images copied to S3 and verified
+``imagegen.images_reused``             counter  images reused from an earlier try (no API call)
+``imagegen.bytes_stored``              counter  bytes of the images copied to S3
+``imagegen.generation``                timer    one generation call (ms)
+``imagegen.copy_to_s3``                timer    one prompt's copy to S3 and commit (ms)
+=====================================  =======  ==================================================
+
+The same names carry an ``outcome`` tag where the backend supports tags (OpenTelemetry, Datadog).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_imagegen.models import CopiedImage, TaskLog
+
+PREFIX = "imagegen"
+
+
+def _stats() -> Any:
+    """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
+
+    Workers initialise it before running a task; in-process runs (``dag.test()``) may not have,
+    and would then send nothing.
+    """
+    try:
+        from airflow.sdk._shared.observability.metrics import stats
+        from airflow.sdk.observability.metrics import stats_utils
+    except ImportError:  # Airflow without the SDK's own metrics package
+        from airflow.stats import Stats
+
+        return Stats
+    if getattr(stats, "_factory", True) is None:
+        from airflow.sdk.configuration import conf
+
+        stats.initialize(
+            factory=stats_utils.get_stats_factory(),
+            export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
+        )
+    return stats
+
+
+@dataclass
+class Figures:
+    """What one try did (or one prompt's generation, in its manifest)."""
+
+    generation_calls: int = 0
+    failed_calls: int = 0
+    images_requested: int = 0
+    images_received: int = 0
+    images_stored: int = 0
+    images_reused: int = 0
+    bytes_stored: int = 0
+    api_seconds: float = 0.0
+
+
+class TryTally:
+    """Thread-safe totals of one try, each event also sent to Airflow's metrics.
+
+    :param log: the task's logger (for the summary line).
+    """
+
+    def __init__(self, log: TaskLog) -> None:
+        self.log = log
+        self.figures = Figures()
+        self._lock = threading.Lock()
+        self._stats: Any = None
+
+    def _send(self, kind: str, name: str, value: float, **tags: str) -> None:
+        try:
+            if self._stats is None:
+                self._stats = _stats()
+            if kind == "timing":
+                self._stats.timing(f"{PREFIX}.{name}", value, tags=tags or None)
+            else:
+                self._stats.incr(f"{PREFIX}.{name}", count=int(value), tags=tags or None)
+        except Exception as error:  # metrics must never fail a task
+            self.log.warning("Could not send metric %s.%s: %s", PREFIX, name, error)
+
+    def generated(self, *, requested: int, received: int, seconds: float) -> None:
+        """One paid generation call: ``received`` of ``requested`` images in ``seconds`` of API time."""
+        with self._lock:
+            self.figures.generation_calls += 1
+            self.figures.images_requested += requested
+            self.figures.images_received += received
+            self.figures.api_seconds += seconds
+        self._send("incr", "generation_calls.success", 1, outcome="success")
+        self._send("timing", "generation", seconds * 1000.0)
+
+    def failed(self, error: BaseException, seconds: float | None = None) -> None:
+        """One generation call that failed with ``error`` (after the hook's own retries)."""
+        outcome = type(error).__name__
+        with self._lock:
+            self.figures.failed_calls += 1
+            self.figures.api_seconds += seconds or 0.0
+        self._send("incr", f"generation_calls.{outcome}", 1, outcome=outcome)
+        if seconds is not None:
+            self._send("timing", "generation", seconds * 1000.0)
+
+    def stored(self, images: list[CopiedImage], seconds: float) -> None:
+        """Images copied to S3 and verified in this try (one prompt's copy took ``seconds``)."""
+        size = sum(image.size_bytes for image in images)
+        with self._lock:
+            self.figures.images_stored += len(images)
+            self.figures.bytes_stored += size
+        self._send("incr", "images_stored", len(images))
+        self._send("incr", "bytes_stored", size)
+        self._send("timing", "copy_to_s3", seconds * 1000.0)
+
+    def reused(self, images: list[CopiedImage], *, send: bool = True) -> None:
+        """Images an earlier try stored and verified, returned again without any call.
+
+        :param images: the images.
+        :param send: also count them in the metrics (not when they were sent before deferring).
+        """
+        with self._lock:
+            self.figures.images_reused += len(images)
+        if send:
+            self._send("incr", "images_reused", len(images))
+
+    def summary(self, prompts: int) -> str:
+        """The one line logged at the end of a try."""
+        f = self.figures
+        return (
+            f"Cost of this try: {f.generation_calls} paid generation call(s)"
+            f"{f' and {f.failed_calls} failed' if f.failed_calls else ''} for {prompts} prompt(s); "
+            f"images requested {f.images_requested}, received {f.images_received}, stored {f.images_stored}, "
+            f"reused from an earlier try {f.images_reused}; {f.bytes_stored} bytes stored; "
+            f"API time {f.api_seconds:.2f} s"
+        )
+
+
+def prompt_cost(
+    *, calls: int, requested: int, received: int, images: list[CopiedImage], seconds: float | None
+) -> dict[str, Any]:
+    """The figures one prompt's manifest records of the generation that produced its images.
+
+    :param calls: paid generation calls behind these images (1; an earlier try's call counts too).
+    :param requested: images asked for (``n``).
+    :param received: images the API returned.
+    :param images: the images stored.
+    :param seconds: the call's API time.
+    """
+    return {
+        "generation_calls": calls,
+        "images_requested": requested,
+        "images_received": received,
+        "images_stored": len(images),
+        "bytes_stored": sum(image.size_bytes for image in images),
+        "api_seconds": round(seconds or 0.0, 3),
+    }
