@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,11 @@ MANIFEST_NAME = "manifest.json"
 PENDING_NAME = "_pending.json"
 SCHEMA_VERSION = 1
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+# DeleteObjects refused as such (OpenStack Swift s3api without Content-MD5, stores without it):
+# delete key by key instead
+_DELETE_MANY_REFUSED = frozenset({"InvalidRequest", "NotImplemented", "MissingContentMD5", "MethodNotAllowed", "501"})
+# listing or aborting multipart uploads refused or unsupported: warn, do not fail the try
+_UPLOADS_UNAVAILABLE = frozenset({"AccessDenied", "403", "NotImplemented", "501", "MethodNotAllowed"})
 # upload ExtraArgs that put_object takes too (encryption and ACL apply to the records as well)
 _RECORD_PUT_ARGS = (
     "ServerSideEncryption",
@@ -137,6 +142,8 @@ class Manifest:
     completed_at: str = ""
     status: str = "complete"
     schema_version: int = SCHEMA_VERSION
+    etags: dict[str, str] = field(default_factory=dict)  # key → the ETag the store gave the verified object
+    cost: dict[str, Any] | None = None  # the generation's figures (metrics.prompt_cost); None in old manifests
 
     @classmethod
     def build(
@@ -147,6 +154,7 @@ class Manifest:
         endpoint: str,
         task: dict[str, Any],
         generation: Generation,
+        cost: dict[str, Any] | None = None,
     ) -> Manifest:
         """The manifest of ``images``, just verified, for ``request``.
 
@@ -155,6 +163,7 @@ class Manifest:
         :param endpoint: the generation endpoint's URL (no credentials).
         :param task: dag/run/task ids, map index, try number and prompt index.
         :param generation: what the API call said of itself.
+        :param cost: paid calls, images requested/received/stored, bytes stored, API seconds.
         """
         return cls(
             task=task,
@@ -167,6 +176,7 @@ class Manifest:
             generation=generation,
             images=tuple(images),
             completed_at=utcnow_iso(),
+            cost=cost,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -187,6 +197,8 @@ class Manifest:
             "api_request_id": self.generation.request_id,
             "completed_at": self.completed_at,
             "images": [image.to_dict() for image in self.images],
+            **({"stored_etags": dict(self.etags)} if self.etags else {}),
+            **({"cost": dict(self.cost)} if self.cost is not None else {}),
         }
 
     @classmethod
@@ -214,6 +226,8 @@ class Manifest:
                 completed_at=str(data.get("completed_at") or ""),
                 status=str(data.get("status", "")),
                 schema_version=int(data.get("schema_version") or 0),
+                etags={str(k): str(v) for k, v in (data.get("stored_etags") or {}).items()},
+                cost=dict(data["cost"]) if isinstance(data.get("cost"), dict) else None,
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"missing or malformed field: {error}") from error
@@ -239,6 +253,8 @@ class RecordStore:
         self._put_args = {k: v for k, v in upload_args.items() if k in _RECORD_PUT_ARGS}
         self._present: dict[str, frozenset[str]] | None = None  # None: unknown (listing denied or not done)
         self._committed: list[str] = []  # list.append is atomic: the copy threads commit concurrently
+        self._etags: dict[str, str] = {}  # key → ETag of the objects copied and verified in this try
+        self._task_prefix: str | None = None  # what survey listed
 
     # -- what earlier tries left -------------------------------------------------------------------
 
@@ -252,6 +268,7 @@ class RecordStore:
         :param prefix: the task's prefix (batch mode: the parent of the prompts' prefixes).
         :param nested: batch mode: records of ``{prefix}/{i:03d}/`` too.
         """
+        self._task_prefix = prefix
         found: dict[str, set[str]] = {}
         try:
             pages = self.s3_client.get_paginator("list_objects_v2").paginate(
@@ -268,6 +285,47 @@ class RecordStore:
                 return
             raise error_from_s3(error, self.bucket, f"{prefix}/", action="listing of") from error
         self._present = {parent: frozenset(names) for parent, names in found.items()}
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Abort the multipart uploads left open under ``prefix`` (a worker killed mid-upload): S3 bills them.
+
+        Only the task's own prefix is looked at; a store that refuses or lacks the listing only
+        gets a warning (the upload stays; a bucket lifecycle rule is the other remedy).
+
+        :param prefix: the task's prefix.
+        :return: how many uploads were aborted.
+        """
+        aborted = 0
+        try:
+            pages = self.s3_client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=f"{prefix}/"
+            )
+            for page in pages:
+                for upload in page.get("Uploads") or []:
+                    self.s3_client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+                    self.log.warning(
+                        "Aborted a multipart upload an earlier try left open: s3://%s/%s (started %s)",
+                        self.bucket,
+                        upload["Key"],
+                        upload.get("Initiated", "?"),
+                    )
+        except Exception as error:
+            code = s3_error_code(error)
+            if code == "NoSuchBucket":
+                raise error_from_s3(error, self.bucket, f"{prefix}/", action="listing of") from error
+            if code in _UPLOADS_UNAVAILABLE or code in S3_MISSING_CODES:
+                self.log.warning(
+                    "Could not list or abort incomplete multipart uploads under s3://%s/%s/ (%s)",
+                    self.bucket,
+                    prefix,
+                    code,
+                )
+                return aborted
+            raise error_from_s3(error, self.bucket, f"{prefix}/", action="abort of uploads under") from error
+        return aborted
 
     def _may_exist(self, prefix: str, name: str) -> bool:
         return self._present is None or name in self._present.get(prefix, frozenset())
@@ -330,12 +388,16 @@ class RecordStore:
             return None
         if any(image.bucket != self.bucket or not image.key.startswith(job.prefix + "/") for image in manifest.images):
             return None
-        if not all(self._still_stored(image) for image in manifest.images):
+        if not all(self._still_stored(image, manifest.etags.get(image.key)) for image in manifest.images):
             return None
         return list(manifest.images)
 
-    def _still_stored(self, image: CopiedImage) -> bool:
-        """Whether the object exists with its recorded size (and SHA-256, when S3 kept a full one)."""
+    def _still_stored(self, image: CopiedImage, etag: str | None = None) -> bool:
+        """Whether the object exists as it was verified: its size, and whatever the store offers to compare.
+
+        The whole-object SHA-256 when S3 kept one; the ETag the store gave the verified object
+        (recorded in the manifest), which changes when the object is overwritten.
+        """
         try:
             head = self.s3_client.head_object(Bucket=image.bucket, Key=image.key, ChecksumMode="ENABLED")
         except Exception as error:
@@ -345,7 +407,19 @@ class RecordStore:
         if head.get("ContentLength") != image.size_bytes:
             return False
         stored = full_object_sha256(head)
-        return stored is None or stored == image.sha256
+        if stored is not None and stored != image.sha256:
+            return False
+        current = str(head.get("ETag") or "").strip('"').lower()
+        return not (etag and current and current != etag)
+
+    def note_stored(self, key: str, etag: str) -> None:
+        """Remember the ETag of an object just stored and verified; :meth:`commit` records it.
+
+        :param key: the object's key.
+        :param etag: the ETag the store gave it.
+        """
+        if etag:
+            self._etags[key] = etag
 
     # -- this try's records ------------------------------------------------------------------------
 
@@ -361,6 +435,9 @@ class RecordStore:
 
     def commit(self, job: PromptJob, manifest: Manifest) -> None:
         """Write the manifest: the commit point. The pending record goes later (:meth:`drop_committed`)."""
+        etags = {image.key: self._etags[image.key] for image in manifest.images if image.key in self._etags}
+        if etags and not manifest.etags:
+            manifest = replace(manifest, etags=etags)
         self._write(manifest_key(job.prefix), manifest.to_json())
         self._committed.append(job.prefix)
 
@@ -373,16 +450,26 @@ class RecordStore:
                 self.log.warning("Could not delete %s after a failed copy: %s", image.s3_uri, error)
 
     def drop_committed(self) -> None:
-        """Delete the pending records of the prompts committed in this try (see :meth:`drop_pending`).
+        """End of a try: delete the committed prompts' pending records, abort uploads left open.
 
-        A pending record beside a manifest is harmless (the manifest wins), so a failure here only
-        warns.
+        The pending records go with :meth:`drop_pending`. Then the multipart uploads still open
+        under the task's prefix (the one :meth:`survey` listed; else each committed prompt's) are
+        leftovers of an earlier try killed mid-upload (this try's copies are over): they are
+        aborted (:meth:`abort_incomplete_uploads`). A pending record beside a manifest is harmless
+        (the manifest wins), and an open upload is only billed, so a failure here only warns.
         """
         prefixes, self._committed = self._committed, []
         try:
             self.drop_pending(prefixes)
         except ImageGenStorageError as error:
             self.log.warning("Could not delete the pending record(s) of committed prompts: %s", error)
+        for prefix in [self._task_prefix] if self._task_prefix else sorted(set(prefixes)):
+            try:
+                self.abort_incomplete_uploads(prefix)
+            except ImageGenStorageError as error:
+                self.log.warning(
+                    "Could not abort the multipart uploads left under s3://%s/%s/: %s", self.bucket, prefix, error
+                )
 
     def drop_pending(self, prefixes: Sequence[str]) -> None:
         """Delete the pending records under ``prefixes``: one ``DeleteObjects`` per 1000 prefixes.
@@ -446,7 +533,15 @@ class RecordStore:
                 Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
             )
         except Exception as error:
-            raise error_from_s3(error, self.bucket, keys[0], action="delete of") from error
+            if s3_error_code(error) not in _DELETE_MANY_REFUSED:
+                raise error_from_s3(error, self.bucket, keys[0], action="delete of") from error
+            # the store refuses DeleteObjects itself (Swift s3api wants a Content-MD5): one by one
+            self.log.info(
+                "S3 refused DeleteObjects (%s); deleting %d key(s) one by one", s3_error_code(error), len(keys)
+            )
+            for key in keys:
+                self._delete(key)
+            return
         errors = response.get("Errors") or []
         if errors:
             first = errors[0]
