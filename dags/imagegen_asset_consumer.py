@@ -1,9 +1,12 @@
 """### imagegen_asset_consumer: check new images as soon as they land
 
-Scheduled on ``AssetAlias("imagegen_images")``: every run of a producer (e.g.
-``imagegen_daily_content``) that stores images through that alias triggers this DAG. It HEADs each
-new ``s3://`` object and checks it against the asset event's ``extra`` (size, and the SHA-256
-checksum when S3 kept one). Run by hand, it checks the most recent ``params.recent`` events instead.
+Scheduled on ``AssetAlias("imagegen_images")``: every task instance of a producer (e.g.
+``imagegen_daily_content``) that stores images through that alias makes ONE asset event (on the
+task's stable asset ``s3://{bucket}/imagegen/{dag_id}/{task_id}``) whose ``extra`` lists what it
+stored: bucket, manifest keys, and each image's key, size and SHA-256 (the first 100; beyond that
+``truncated`` is true and the rest are read from the manifests under ``extra["prefix"]``). This
+DAG HEADs every listed object and checks it against the event (size, and the SHA-256 checksum when
+S3 kept one). Run by hand, it checks the images of the most recent ``params.recent`` events instead.
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ def check_object(client: Any, uri: str, extra: dict[str, Any]) -> str | None:
     return None
 
 
+def images_of_event(client: Any, extra: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(s3 URI, {"size_bytes", "sha256"})`` of every image a task-level event announced.
+
+    A truncated list is completed from the manifests under the event's ``prefix``.
+    """
+    import json
+
+    bucket = extra["bucket"]
+    images = {image["key"]: image for image in extra.get("images") or []}
+    if extra.get("truncated"):
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{extra['prefix']}/")
+        for key in (item["Key"] for page in pages for item in page.get("Contents", [])):
+            if key.endswith("/manifest.json"):
+                manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                images.update({image["key"]: image for image in manifest["images"]})
+    return [(f"s3://{bucket}/{key}", image) for key, image in sorted(images.items())]
+
+
 @task(multiple_outputs=False, inlets=[AssetAlias(IMAGES_ALIAS)])
 def validate_new_images(
     triggering_asset_events: Any = None,
@@ -48,26 +69,33 @@ def validate_new_images(
     params: dict[str, Any] | None = None,
     aws_conn_id: str = "aws_default",
 ) -> dict[str, Any]:
-    """Check every image that triggered this run (or the latest ones on a manual run)."""
+    """Check every image that the triggering events announced (or the latest events' on a manual run)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     alias = AssetAlias(IMAGES_ALIAS)
-    events = list((triggering_asset_events or {}).get(alias) or [])
+    events = [event for events in (triggering_asset_events or {}).values() for event in events]
     if not events:
         recent = int((params or {}).get("recent") or 10)
-        print(f"No triggering events: checking the latest {recent} event(s) of {IMAGES_ALIAS!r}")
+        print(f"No triggering events: checking the images of the latest {recent} event(s) of {IMAGES_ALIAS!r}")
         events = list(inlet_events[alias].ascending(False).limit(recent))
     client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
-    uris = sorted({event.asset.uri: event for event in events}.items())
+    images: dict[str, tuple[dict[str, Any], Any]] = {}
+    for event in events:
+        extra = dict(event.extra or {})
+        if "images" not in extra:  # a per-image event (asset_events="image")
+            images[event.asset.uri] = (extra, event)
+            continue
+        for uri, image in images_of_event(client, extra):
+            images[uri] = (image, event)
     problems = []
-    for uri, event in uris:
-        problem = check_object(client, uri, dict(event.extra or {}))
+    for uri, (image, event) in sorted(images.items()):
+        problem = check_object(client, uri, image)
         print(f"{'FAIL' if problem else 'ok  '} {uri} from {event.source_dag_id}/{event.source_run_id}")
         if problem:
             problems.append(problem)
     if problems:
-        raise ValueError(f"{len(problems)} of {len(uris)} image(s) failed the check: " + "; ".join(problems))
-    return {"checked": [uri for uri, _ in uris]}
+        raise ValueError(f"{len(problems)} of {len(images)} image(s) failed the check: " + "; ".join(problems))
+    return {"checked": sorted(images)}
 
 
 with DAG(

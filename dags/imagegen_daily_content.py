@@ -10,8 +10,9 @@ XCom (one small dict per image):
 * ``publish_gallery`` writes ``{prefix}/gallery.html``: every image of the run with its prompt,
   linked with relative paths so that the page also works when the folder is copied locally.
 
-The generation task records one ``s3://`` Asset per image through ``AssetAlias("imagegen_images")``,
-which schedules the ``imagegen_asset_consumer`` DAG.
+Each run of the generation task makes one asset event through ``AssetAlias("imagegen_images")``
+(on the task's stable asset ``s3://{bucket}/imagegen/imagegen_daily_content/generate_images``; its
+``extra`` lists the stored images), which schedules the ``imagegen_asset_consumer`` DAG.
 
 Connections: ``imagegen_default`` (the image API) and ``aws_default`` (S3). Deferrable mode follows
 ``[operators] default_deferrable`` (e.g. ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=True``), read when

@@ -8,10 +8,11 @@ API with ``[operators] default_deferrable`` on, so ``generate_images`` hands the
 fire, and the task must resume on a worker and land the images in S3 with the served bytes.
 
 The same deployment then checks the asset side: ``imagegen_asset_consumer`` (scheduled on
-``AssetAlias("imagegen_images")``) is unpaused before the producer runs, so the producer's asset
-events queue it; the scheduler must create one ``asset_triggered`` run of it whose
-``validate_new_images`` checks, from the triggering events, exactly the images the producer stored.
-The very first events do this: registering an event through the alias links the (new) asset to the
+``AssetAlias("imagegen_images")``) is unpaused before the producer runs, so the producer's one
+asset event (on the task's stable asset, its ``extra`` listing the images) queues it; the scheduler
+must create one ``asset_triggered`` run of it whose ``validate_new_images`` checks, from the
+triggering event, exactly the images the producer stored.
+The very first event does this: registering an event through the alias links the (new) asset to the
 alias and queues every unpaused DAG scheduled on the alias, and the scheduler expands the alias to
 its assets when it evaluates the schedule, so no re-parse of the consumer is needed. Between the
 two, the scheduler is restarted with job schedule on (see :func:`_restart_scheduler`).
@@ -269,7 +270,7 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
         generate = _api(client, "GET", f"{run_url}/taskInstances/{TASK_ID}")
         images = _xcom_return_value(client, run_url, TASK_ID)
 
-        # -- its asset events queued the consumer (one AssetDagRunQueue row per new asset) ---------------
+        # -- its asset event queued the consumer (one AssetDagRunQueue row: the task's one asset) --------
         consumer_url = f"/api/v2/dags/{CONSUMER_DAG_ID}"
         queued = _wait(
             deployment,
@@ -358,7 +359,8 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
 
     # -- the producer's events triggered the consumer, which checked exactly the stored images --------
     uris = sorted(image["s3_uri"] for image in images)
-    assert len(queued) == N_IMAGES, f"{N_IMAGES} new asset(s) should queue {CONSUMER_DAG_ID} once each: {queued}"
+    task_asset = f"s3://{bucket}/imagegen/{DAG_ID}/{TASK_ID}"
+    assert len(queued) == 1, f"one task instance should queue {CONSUMER_DAG_ID} once (one event): {queued}"
     assert consumer_run["triggered_by"] == "asset", consumer_run
     assert [run["dag_run_id"] for run in consumer_runs] == [consumer_run_id], (
         f"one producer task should make one consumer run: {consumer_runs}"
@@ -369,13 +371,16 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
     assert "No triggering events" not in consumer_log, "the consumer fell back to recent events: none triggered it"
     assert all(f"ok   {uri} from {DAG_ID}/{run_id}" in consumer_log for uri in uris), consumer_log[-3000:]
     assert "FAIL" not in consumer_log, consumer_log[-3000:]
-    assert sorted(event["uri"] for event in upstream) == uris, f"the run's triggering events: {upstream}"
+    assert [event["uri"] for event in upstream] == [task_asset], f"the run's triggering events: {upstream}"
     assert {(event["source_dag_id"], event["source_run_id"], event["source_task_id"]) for event in upstream} == {
         (DAG_ID, run_id, TASK_ID)
     }
-    assert {event["uri"]: event["extra"]["sha256"] for event in upstream} == {
+    [event_extra] = [event["extra"] for event in upstream]
+    assert {f"s3://{bucket}/{image['key']}": image["sha256"] for image in event_extra["images"]} == {
         image["s3_uri"]: image["sha256"] for image in images
-    }, "the asset events' extra does not match the stored images"
+    }, "the asset event's extra does not match the stored images"
+    assert (event_extra["image_count"], event_extra["truncated"]) == (N_IMAGES, False), event_extra
+    assert event_extra["manifests"] == [f"{prefix}/manifest.json"], event_extra
     assert {event["asset_id"] for event in upstream} == {event["asset_id"] for event in queued}
     assert not queued_after, f"the consumer's run left queued events behind: {queued_after}"
     assert [run["dag_run_id"] for run in producer_runs] == [run_id], (
