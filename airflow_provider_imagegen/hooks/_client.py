@@ -23,6 +23,7 @@ import tenacity
 from airflow_provider_imagegen import __version__
 from airflow_provider_imagegen.exceptions import (
     ImageGenBadResponseError,
+    ImageGenDownloadError,
     ImageGenError,
     ImageGenNoImagesError,
     ImageGenRateLimitError,
@@ -42,6 +43,8 @@ DEFAULT_MAX_RETRIES = 3
 MAX_RETRIES_LIMIT = 20  # the connection form's maximum
 MAX_RETRY_AFTER = 120.0  # a longer wait is better spent by an Airflow retry than a blocked worker
 USER_AGENT = f"airflow-provider-imagegen/{__version__} httpx/{httpx.__version__}"
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # ten signed URLs take a few kilobytes
+MAX_ERROR_BODY_BYTES = 64 * 1024  # an error message is cut to 500 characters anyway
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ConnectionSettings:
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": "identity",
         }
 
 
@@ -250,6 +254,60 @@ def settings_from_connection(
             f"connection {conn_id!r} extra endpoint", _Hidden("a path with a query or control characters"), "a path"
         )
     return ConnectionSettings(api_key=api_key, base_url=base_url, endpoint=endpoint, **settings)
+
+
+def _answer_limit(response: httpx.Response) -> int:
+    return MAX_ANSWER_BYTES if response.is_success else MAX_ERROR_BODY_BYTES
+
+
+def _capped_answer(response: httpx.Response, body: bytes, truncated: bool) -> httpx.Response:
+    if truncated and response.is_success:
+        raise ImageGenBadResponseError(
+            f"The image API answered HTTP {response.status_code} with a body above {MAX_ANSWER_BYTES} bytes"
+        )
+    dropped = ("content-encoding", "content-length", "transfer-encoding")
+    headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in dropped]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions={"reason_phrase": response.extensions.get("reason_phrase", b"")},
+    )
+
+
+def _undecodable(response: httpx.Response, error: ImageGenError) -> tuple[bytes, bool]:
+    if response.is_success:
+        raise ImageGenBadResponseError(f"The image API's answer could not be read: {error}") from None
+    return b"", False  # the status alone still says what failed
+
+
+def read_answer(response: httpx.Response) -> httpx.Response:
+    """A streamed API answer read with a size cap (and a bounded decoder): the body is held in memory.
+
+    A 2xx body above :data:`MAX_ANSWER_BYTES` is a bad response; an error body is cut to
+    :data:`MAX_ERROR_BODY_BYTES`. Stacked or unknown content encodings are refused.
+
+    :param response: a response opened with ``client.stream`` (not yet read).
+    """
+    from airflow_provider_imagegen.hooks.download import read_capped
+
+    try:
+        body, truncated = read_capped(response, _answer_limit(response))
+    except ImageGenDownloadError as error:
+        body, truncated = _undecodable(response, error)
+    return _capped_answer(response, body, truncated)
+
+
+async def aread_answer(response: httpx.Response) -> httpx.Response:
+    """The async twin of :func:`read_answer`."""
+    from airflow_provider_imagegen.hooks.download import aread_capped
+
+    try:
+        body, truncated = await aread_capped(response, _answer_limit(response))
+    except ImageGenDownloadError as error:
+        body, truncated = _undecodable(response, error)
+    return _capped_answer(response, body, truncated)
 
 
 def parse_image_urls(response: httpx.Response) -> list[str]:

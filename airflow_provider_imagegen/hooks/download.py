@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+import zlib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,11 +21,140 @@ import httpx
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError, error_from_transport
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
+
+
+def _raw_source(response: httpx.Response, chunk_size: int | None = None) -> tuple[Iterator[bytes], str]:
+    """The raw body chunks and their codec; a response already read in memory gives its decoded content."""
+    if response.is_stream_consumed:  # built in memory (a mock transport): httpx has decoded it already
+        return iter([response.content]), "identity"
+    return response.iter_raw(chunk_size), content_codec(response.headers)
+
+
+def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` decoded bytes of a streamed response, and whether the body was longer.
+
+    :param response: a response opened with ``client.stream`` (not yet read).
+    :param limit: the most decoded bytes kept.
+    """
+    source, codec = _raw_source(response)
+    decoder = BoundedDecoder(codec)
+    parts: list[bytes] = []
+    size = 0
+    for raw in source:
+        for chunk in decoder.feed(raw):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(parts)[:limit], True
+    decoder.finish()
+    return b"".join(parts), False
+
+
+async def aread_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The async twin of :func:`read_capped`."""
+    if response.is_stream_consumed:
+        return read_capped(response, limit)
+    decoder = BoundedDecoder(content_codec(response.headers))
+    parts: list[bytes] = []
+    size = 0
+    raw_chunks: AsyncIterator[bytes] = response.aiter_raw()
+    async for raw in raw_chunks:
+        for chunk in decoder.feed(raw):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(parts)[:limit], True
+    decoder.finish()
+    return b"".join(parts), False
+
 
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # far above any 4K PNG
 DEFAULT_DOWNLOAD_DEADLINE = 300.0
 MAX_REDIRECTS = 5
+DECODED_CHUNK_BYTES = 64 * 1024  # the most one decompression step may produce: memory per chunk
+ACCEPTED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def content_codec(headers: httpx.Headers) -> str:
+    """The one codec of a body (``identity``, ``gzip`` or ``deflate``); refuses stacked and unknown ones.
+
+    Each codec can multiply the size of a body by a thousand: stacked ones (``gzip, gzip``)
+    would make a few kilobytes on the wire gigabytes in memory. The provider asks for
+    ``identity``; a single gzip or deflate is still decoded (with an output limit), anything else
+    is refused.
+    """
+    codecs = [part.strip().lower() for part in headers.get_list("content-encoding", split_commas=True)]
+    codecs = [codec for codec in codecs if codec not in ("", "identity")]
+    if not codecs:
+        return "identity"
+    if len(codecs) > 1:
+        raise ImageGenDownloadError(f"Refusing a body with stacked content encodings {', '.join(codecs)!r}")
+    if codecs[0] not in ACCEPTED_ENCODINGS:
+        raise ImageGenDownloadError(f"Refusing a body with unsupported content encoding {codecs[0]!r}")
+    return "gzip" if codecs[0] == "x-gzip" else codecs[0]
+
+
+class BoundedDecoder:
+    """Incremental gzip/deflate decoding in which no single step yields more than ``chunk_limit`` bytes.
+
+    httpx's own decoders inflate a whole network chunk at once (64 KiB of a deflate bomb is
+    64 MiB); here each ``decompress`` call is given ``max_length``, so memory per step is bounded
+    and the caller's byte cap is checked between steps.
+
+    :param codec: ``identity``, ``gzip`` or ``deflate``.
+    :param chunk_limit: the most bytes one step yields.
+    """
+
+    def __init__(self, codec: str, chunk_limit: int = DECODED_CHUNK_BYTES) -> None:
+        self.codec = codec
+        self.chunk_limit = chunk_limit
+        self._started = False
+        self._decoder: Any = self._new()
+
+    def _new(self, raw_deflate: bool = False) -> Any:
+        if self.codec == "identity":
+            return None
+        if self.codec == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decoded pieces of ``data``, each at most ``chunk_limit`` bytes."""
+        if self._decoder is None:
+            if data:
+                yield data
+            return
+        if not self._started and data:
+            self._started = True
+            if self.codec == "deflate" and not _looks_like_zlib(data):
+                self._decoder = self._new(raw_deflate=True)  # servers send both forms as "deflate"
+        while True:
+            try:
+                out = self._decoder.decompress(data, self.chunk_limit)
+            except zlib.error as error:
+                raise ImageGenDownloadError(f"Body is not valid {self.codec} data: {error}") from None
+            data = self._decoder.unconsumed_tail
+            if out:
+                yield out
+            if self._decoder.eof:
+                rest = self._decoder.unused_data
+                if self.codec == "gzip" and rest.strip(b"\0"):
+                    self._decoder = self._new()  # a further gzip member
+                    data = rest
+                    continue
+                return
+            if not data and len(out) < self.chunk_limit:
+                return
+
+    def finish(self) -> None:
+        """Check that the compressed stream was complete."""
+        if self._decoder is not None and self._started and not self._decoder.eof:
+            raise ImageGenDownloadError(f"The {self.codec} body ends before its end marker (cut short)")
+
+
+def _looks_like_zlib(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
 
 
 def _is_internal_host(host: str) -> bool:
@@ -92,29 +222,41 @@ class ImageStream:
         return int(value) if value and value.isdigit() else None
 
     def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
-        """Yield the body in chunks, enforcing the cap and deadline; errors become download errors."""
+        """Yield the decoded body in chunks, enforcing the cap and deadline; errors become download errors.
+
+        The raw bytes are decoded here, step by step with an output limit (:class:`BoundedDecoder`),
+        so the cap holds on decoded bytes and memory stays bounded whatever the encoding.
+        """
         declared = self.content_length
         if declared is not None and declared > self.max_bytes:
             raise ImageGenDownloadError(f"Image is {declared} bytes, above the cap of {self.max_bytes}")
+        source, codec = _raw_source(self.response, chunk_size)
+        decoder = BoundedDecoder(codec)
+        in_memory = self.response.is_stream_consumed
+        wire_bytes = 0
         try:
             # as they arrive (not re-chunked): a trickling body must meet the deadline check early
-            for chunk in self.response.iter_bytes(chunk_size):
-                self.bytes_read += len(chunk)
-                if self.bytes_read > self.max_bytes:
-                    raise ImageGenDownloadError(f"Image exceeds the cap of {self.max_bytes} bytes")
+            for raw in source:
+                wire_bytes = (self.response.num_bytes_downloaded or len(raw)) if in_memory else wire_bytes + len(raw)
+                if declared is not None and wire_bytes > declared:
+                    raise ImageGenDownloadError(f"Image body longer than its Content-Length of {declared}")
+                for chunk in decoder.feed(raw):
+                    self.bytes_read += len(chunk)
+                    if self.bytes_read > self.max_bytes:
+                        raise ImageGenDownloadError(f"Image exceeds the cap of {self.max_bytes} bytes")
+                    if time.monotonic() > self._deadline_at:
+                        raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
+                    yield chunk
                 if time.monotonic() > self._deadline_at:
                     raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
-                yield chunk
         except httpx.HTTPError as error:
             raise ImageGenDownloadError(
                 f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
             ) from error
-        # Content-Length counts the bytes on the wire, which differ from the decoded ones when the
-        # server compressed the body (Content-Encoding: gzip): compare like with like.
-        encoding = self.response.headers.get("content-encoding", "").strip().lower()
-        received = self.response.num_bytes_downloaded if encoding not in ("", "identity") else self.bytes_read
-        if declared is not None and received != declared:
-            raise ImageGenDownloadError(f"Image body cut short: {received} of {declared} bytes")
+        # Content-Length counts the bytes on the wire: compare like with like.
+        if declared is not None and wire_bytes != declared:
+            raise ImageGenDownloadError(f"Image body cut short: {wire_bytes} of {declared} bytes")
+        decoder.finish()
 
 
 @contextmanager
@@ -138,7 +280,7 @@ def open_image(
     """
     check_image_url(url, base_url)
     try:
-        with client.stream("GET", url, timeout=timeout) as first:
+        with client.stream("GET", url, timeout=timeout, headers={"Accept-Encoding": "identity"}) as first:
             response = _follow_https_redirects(client, first, base_url)
             try:
                 if response.status_code != 200:

@@ -26,9 +26,11 @@ from airflow_provider_imagegen.hooks._client import (
     USER_AGENT,
     ConnectionSettings,
     RetryPolicy,
+    aread_answer,
     parse_image_urls,
     plain_http_warning,
     raise_for_status,
+    read_answer,
     settings_from_connection,
     shared_ssl_context,
 )
@@ -246,7 +248,10 @@ class ImageGenHook(BaseHook):
 
     def _post_once(self, settings: ConnectionSettings, request: ImageGenerationRequest) -> tuple[list[str], str | None]:
         try:
-            response = self.client.post(settings.url, json=request.to_json(), headers=settings.headers())
+            with self.client.stream(
+                "POST", settings.url, json=request.to_json(), headers=settings.headers()
+            ) as streamed:
+                response = read_answer(streamed)
         except httpx.TransportError as error:
             raise error_from_transport(error, secret=settings.api_key) from None
         raise_for_status(response, settings.api_key)
@@ -285,7 +290,10 @@ class ImageGenHook(BaseHook):
 
         async def post_once() -> tuple[list[str], str | None]:
             try:
-                response = await client.post(settings.url, json=request.to_json(), headers=settings.headers())
+                async with client.stream(
+                    "POST", settings.url, json=request.to_json(), headers=settings.headers()
+                ) as streamed:
+                    response = await aread_answer(streamed)
             except httpx.TransportError as error:
                 raise error_from_transport(error, secret=settings.api_key) from None
             raise_for_status(response, settings.api_key)
@@ -336,12 +344,15 @@ class ImageGenHook(BaseHook):
         except ImageGenError as error:
             return False, str(error)
         try:
-            with httpx.Client(
-                timeout=httpx.Timeout(30.0, connect=settings.connect_timeout),
-                headers={"User-Agent": USER_AGENT},
-                transport=self._transport,
-            ) as client:
-                response = client.post(settings.url, json={"prompt": "", "n": 0}, headers=settings.headers())
+            with (
+                httpx.Client(
+                    timeout=httpx.Timeout(30.0, connect=settings.connect_timeout),
+                    headers={"User-Agent": USER_AGENT},
+                    transport=self._transport,
+                ) as client,
+                client.stream("POST", settings.url, json={"prompt": "", "n": 0}, headers=settings.headers()) as sent,
+            ):
+                response = read_answer(sent)
             raise_for_status(response, settings.api_key)
         except httpx.TransportError as error:
             return False, str(error_from_transport(error, secret=settings.api_key))
