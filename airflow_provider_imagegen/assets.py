@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.models import prompt_digest
+from airflow_provider_imagegen.records import manifest_key
 
 if TYPE_CHECKING:
     from airflow_provider_imagegen.models import CopiedImage
@@ -45,7 +46,7 @@ def task_event_extra(plan: Plan, images: list[CopiedImage], *, limit: int = MAX_
     :param images: the stored images, in prompt order.
     :param limit: the most images and manifests listed; the rest are under ``prefix``.
     """
-    manifests = [f"{job.prefix}/manifest.json" for job in plan.jobs]
+    manifests = [manifest_key(job.prefix) for job in plan.jobs]
     truncated = len(images) > limit or len(manifests) > limit
     return {
         "bucket": plan.bucket,

@@ -21,8 +21,7 @@ The same names carry an ``outcome`` tag where the backend supports tags (OpenTel
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,16 +68,28 @@ class Figures:
 
 
 class TryTally:
-    """Thread-safe totals of one try, each event also sent to Airflow's metrics.
+    """Totals of one try, each event also sent to Airflow's metrics.
+
+    The copy threads report concurrently: each event is appended as its own small
+    :class:`Figures` (``list.append`` is atomic) and the totals are added up when asked for,
+    so no lock is needed (the runner keeps the provider's only threading primitives).
 
     :param log: the task's logger (for the summary line).
     """
 
     def __init__(self, log: TaskLog) -> None:
         self.log = log
-        self.figures = Figures()
-        self._lock = threading.Lock()
+        self._events: list[Figures] = []
         self._stats: Any = None
+
+    @property
+    def figures(self) -> Figures:
+        """The totals so far."""
+        total = Figures()
+        for event in list(self._events):
+            for item in fields(Figures):
+                setattr(total, item.name, getattr(total, item.name) + getattr(event, item.name))
+        return total
 
     def _send(self, kind: str, name: str, value: float, **tags: str) -> None:
         try:
@@ -93,20 +104,16 @@ class TryTally:
 
     def generated(self, *, requested: int, received: int, seconds: float) -> None:
         """One paid generation call: ``received`` of ``requested`` images in ``seconds`` of API time."""
-        with self._lock:
-            self.figures.generation_calls += 1
-            self.figures.images_requested += requested
-            self.figures.images_received += received
-            self.figures.api_seconds += seconds
+        self._events.append(
+            Figures(generation_calls=1, images_requested=requested, images_received=received, api_seconds=seconds)
+        )
         self._send("incr", "generation_calls.success", 1, outcome="success")
         self._send("timing", "generation", seconds * 1000.0)
 
     def failed(self, error: BaseException, seconds: float | None = None) -> None:
         """One generation call that failed with ``error`` (after the hook's own retries)."""
         outcome = type(error).__name__
-        with self._lock:
-            self.figures.failed_calls += 1
-            self.figures.api_seconds += seconds or 0.0
+        self._events.append(Figures(failed_calls=1, api_seconds=seconds or 0.0))
         self._send("incr", f"generation_calls.{outcome}", 1, outcome=outcome)
         if seconds is not None:
             self._send("timing", "generation", seconds * 1000.0)
@@ -114,9 +121,7 @@ class TryTally:
     def stored(self, images: list[CopiedImage], seconds: float) -> None:
         """Images copied to S3 and verified in this try (one prompt's copy took ``seconds``)."""
         size = sum(image.size_bytes for image in images)
-        with self._lock:
-            self.figures.images_stored += len(images)
-            self.figures.bytes_stored += size
+        self._events.append(Figures(images_stored=len(images), bytes_stored=size))
         self._send("incr", "images_stored", len(images))
         self._send("incr", "bytes_stored", size)
         self._send("timing", "copy_to_s3", seconds * 1000.0)
@@ -127,8 +132,7 @@ class TryTally:
         :param images: the images.
         :param send: also count them in the metrics (not when they were sent before deferring).
         """
-        with self._lock:
-            self.figures.images_reused += len(images)
+        self._events.append(Figures(images_reused=len(images)))
         if send:
             self._send("incr", "images_reused", len(images))
 

@@ -163,12 +163,15 @@ def test_asset_consumer_checks_images_of_a_producer_run(run_dag, emulator, s3_se
     uris = sorted(image["s3_uri"] for image in xcom_values(producer, "generate_images")[-1])
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == producer.run_id)).all()
-        assert sorted(event.uri for event in events) == uris
-        assert all(len(event.extra["sha256"]) == 64 for event in events)
+        # one event per task instance, on the task's stable asset; the images are in its extra
+        (event,) = events
+        assert event.uri == f"s3://{s3_bucket}/imagegen/{DAILY}/generate_images"
+        assert sorted(f"s3://{s3_bucket}/{image['key']}" for image in event.extra["images"]) == uris
+        assert all(len(image["sha256"]) == 64 for image in event.extra["images"])
         queued = session.scalars(select(AssetDagRunQueue.target_dag_id)).all()
         assert CONSUMER in queued, "the scheduler would not start the consumer"
 
-    consumer = run_dag(CONSUMER, {"recent": 2}, when=LOGICAL_DATE.replace(day=15))
+    consumer = run_dag(CONSUMER, {"recent": 1}, when=LOGICAL_DATE.replace(day=15))
 
     assert consumer.state == "success", task_states(consumer)
     assert sorted(xcom_values(consumer, "validate_new_images")[-1]["checked"]) == uris

@@ -6,14 +6,10 @@ the stored images). StatsD is on, aimed at a UDP listener on 127.0.0.1. Then:
 
 * the ``airflow.imagegen.*`` counters add up to what the emulator and S3 saw;
 * Airflow's DB holds ONE new asset for the producer task, whatever the number of runs and images.
-
-When the ``statsd`` package (``apache-airflow[statsd]``) is not installed, ``statsd_shim/`` stands
-in for its client; the path through Airflow's own ``SafeStatsdLogger`` is the same.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -101,11 +97,7 @@ def test_statsd_counters_and_constant_asset_rows_over_many_runs(airflow_db, emul
         "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
         "AIRFLOW__METRICS__STATSD_PORT": str(listener.port),
         "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
-        "PYTHONPATH": os.pathsep.join(
-            [str(ROOT)]
-            + ([] if importlib.util.find_spec("statsd") else [str(Path(__file__).parent / "statsd_shim")])
-            + [os.environ.get("PYTHONPATH", "")]
-        ),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     try:
         done = subprocess.run(
