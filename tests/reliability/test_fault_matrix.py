@@ -227,6 +227,13 @@ FAULTS = [
         message=r"peer closed connection without sending complete message body|cut short",
         left=frozenset({PENDING}),
     ),
+    Fault(  # a close-delimited answer (no Content-Length, no chunked framing) that ends early
+        "truncated body without Content-Length",
+        setup="truncated_without_length",
+        error=ImageGenDownloadError,
+        message=r"cut short: \d+ bytes without the png IEND chunk at the end",
+        left=frozenset({PENDING}),
+    ),
     Fault(
         "wrong content type",
         knobs={"image_content_type": "text/html"},
@@ -301,6 +308,10 @@ FAULTS = [
         left=frozenset({PENDING}),
         retry=True,
     ),
+    Fault(  # the new try aborts it at the end (the row checks that no multipart upload is left)
+        "multipart upload left open by a worker killed mid-upload, then a new try",
+        setup="open_upload_left",
+    ),
     Fault(
         "worker killed between upload and manifest, then a new try",
         setup="kill_before_manifest",
@@ -358,7 +369,7 @@ def _id(row: Any) -> str:
     return (row.values[0] if hasattr(row, "values") else row).id
 
 
-def _special_setup(row: Fault, *, monkeypatch, until_retry, set_imagegen_conn) -> dict[str, Any]:
+def _special_setup(row: Fault, *, monkeypatch, until_retry, set_imagegen_conn, request=None) -> dict[str, Any]:
     """Apply a row's special set-up (``until_retry`` patches end before the second try); returns operator arguments."""
     if row.setup == "api_rejects_request":
         # A request the hook accepts but the API does not: the contract moved under us.
@@ -378,6 +389,22 @@ def _special_setup(row: Fault, *, monkeypatch, until_retry, set_imagegen_conn) -
         set_imagegen_conn(host=f"http://127.0.0.1:{port}", extra={"max_retries": MAX_RETRIES})
     elif row.setup == "missing_bucket":
         return {"s3_bucket": "imagegen-no-such-bucket", "real_s3_client": True}
+    elif row.setup == "open_upload_left":
+        s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("s3_bucket")
+        s3.create_multipart_upload(Bucket=bucket, Key=f"{PREFIX}/00.png")
+        s3.upload_part(
+            Bucket=bucket,
+            Key=f"{PREFIX}/00.png",
+            UploadId=multipart_uploads(s3, bucket)[0]["UploadId"],
+            PartNumber=1,
+            Body=b"\0" * (5 * 1024 * 1024),
+        )
+    elif row.setup == "truncated_without_length":
+        emulator = request.getfixturevalue("emulator")
+        proxy = _start_truncating_proxy(emulator)
+        request.addfinalizer(lambda: proxy.__exit__(None, None, None))
+        monkeypatch.setattr(emulator.state, "base_url", proxy.url)  # image URLs on the API's (proxied) origin
+        set_imagegen_conn(host=proxy.url, extra={"max_retries": MAX_RETRIES})
     elif row.setup == "kill_before_manifest":
         from airflow_provider_imagegen.records import RecordStore
 
@@ -425,7 +452,9 @@ def test_fault_matrix(row: Fault, make_op, set_imagegen_conn, emulator, s3, s3_b
     until_retry = pytest.MonkeyPatch()
     request.addfinalizer(until_retry.undo)
     op_kwargs.update(
-        _special_setup(row, monkeypatch=monkeypatch, until_retry=until_retry, set_imagegen_conn=set_imagegen_conn)
+        _special_setup(
+            row, monkeypatch=monkeypatch, until_retry=until_retry, set_imagegen_conn=set_imagegen_conn, request=request
+        )
     )
     bucket = op_kwargs.get("s3_bucket", s3_bucket)
     emulator.configure(**row.knobs)
@@ -470,6 +499,24 @@ def test_fault_matrix(row: Fault, make_op, set_imagegen_conn, emulator, s3, s3_b
         assert multipart_uploads(s3, bucket) == []
     if row.max_seconds is not None:
         assert elapsed <= row.max_seconds, f"the failure took {elapsed:.1f} s"
+
+
+def _start_truncating_proxy(emulator: Any) -> Any:
+    """The API's origin behind a proxy that answers each image download with half its bytes, closed early.
+
+    No ``Content-Length`` and no chunked framing: the connection's close ends the body, so the
+    HTTP client cannot tell that bytes are missing (the emulator's own ``truncate_bodies`` knob
+    declares the full length, which the client does check). The emulator's image URLs are set to
+    point at the proxy: the API's own origin.
+    """
+    from tests.storage.proxy import Exchange, LoopbackProxy
+
+    def cut(answer: Exchange) -> None:
+        if answer.method == "GET" and answer.status == 200 and answer.path.startswith("/images/"):
+            answer.body = answer.body[: len(answer.body) // 2]
+            answer.close_delimited = True
+
+    return LoopbackProxy(emulator.base_url.removeprefix("http://"), on_response=cut).__enter__()
 
 
 def _start_resetting_server(connections: int) -> int:
