@@ -195,3 +195,48 @@ def test_without_list_permission_each_prompt_reads_its_records(make_op, emulator
     assert len(emulator.state.generation_calls()) == calls  # nothing paid twice without LIST either
     assert s3_calls.counts()["GetObject"] == calls  # each prompt read its manifest directly
     assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("_pending.json")]
+
+
+def test_when_delete_objects_is_refused_each_key_is_deleted(make_op, emulator, s3, s3_bucket, task_logs):
+    op, s3_calls = _operator_with_counted_client(make_op, n=1)
+
+    def refuse(params: dict[str, Any], **_: Any) -> None:  # as OpenStack Swift's s3api without Content-MD5
+        from botocore.exceptions import ClientError
+
+        error = {"Code": "InvalidRequest", "Message": "Missing required header for this request: Content-MD5"}
+        raise ClientError({"Error": error}, "DeleteObjects")
+
+    op.s3_client.meta.events.register("before-call.s3.DeleteObjects", refuse)
+    op.execute(make_context())
+    assert s3_calls.counts()["DeleteObject"] == 1
+    assert f"{PREFIX}/_pending.json" not in list_keys(s3, s3_bucket)
+    assert "Could not delete" not in task_logs()
+
+
+def test_a_put_answered_without_checksum_or_md5_etag_is_read_back(make_op, emulator, s3, s3_bucket):
+    """Like SSE-KMS on a store that ignores checksums: nothing in the answer to compare, so GET and hash."""
+    op, s3_calls = _operator_with_counted_client(make_op, n=2)
+
+    def nothing_to_compare(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.pop("ChecksumSHA256", None)
+        parsed["ETag"] = '"not-an-md5"'
+
+    op.s3_client.meta.events.register("after-call.s3.PutObject", nothing_to_compare)
+    xcom = op.execute(make_context())
+    assert s3_calls.counts()["GetObject"] == 2  # each image read back once
+    for item in xcom:
+        body = s3.get_object(Bucket=s3_bucket, Key=item["key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == item["sha256"]
+
+
+def test_a_put_whose_etag_is_not_the_md5_sent_is_deleted(make_op, emulator, s3, s3_bucket):
+    op, _ = _operator_with_counted_client(make_op, n=1)
+
+    def other_bytes_stored(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.pop("ChecksumSHA256", None)  # a store that ignores checksums ...
+        parsed["ETag"] = '"' + "0" * 32 + '"'  # ... and received other bytes
+
+    op.s3_client.meta.events.register("after-call.s3.PutObject", other_bytes_stored)
+    with pytest.raises(ImageGenStorageError, match=r"ETag 0{32} is not the MD5 [0-9a-f]{32} of the bytes sent"):
+        op.execute(make_context())
+    assert list_keys(s3, s3_bucket) == [f"{PREFIX}/_pending.json"]
