@@ -40,6 +40,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_imagegen.triggers.imagegen"],
             }
         ],
+        "task-decorators": [
+            {"name": "imagegen", "class-name": "airflow_provider_imagegen.decorators.imagegen.imagegen_task"},
+        ],
         "connection-types": [
             {
                 "connection-type": "imagegen",
