@@ -13,10 +13,12 @@ The whole hierarchy, one place::
     │   └── ImageGenServerError                     408, 409, 5xx                              [retried]
     ├── ImageGenConnectionError                     connect failure, reset, protocol error     [retried]
     │   └── ImageGenTimeoutError                    connect / read / total deadline exceeded   [retried]
-    ├── ImageGenBadResponseError                    2xx whose body is not {"images": [URL, ...]}
-    │   └── ImageGenNoImagesError                   2xx with an empty image list
-    ├── ImageGenDownloadError                       an image URL could not be fetched (expired, cut short...)
-    │   └── ImageGenImageVerificationError          the bytes are not the image that was asked for
+    ├── ImageGenBadResponseError                    2xx whose body is not {"images": [URL, ...]}  [permanent]
+    │   └── ImageGenNoImagesError                   2xx with an empty image list, or fewer than min_images
+    ├── ImageGenDownloadError                       an image URL could not be fetched (cut short, too slow...)
+    │   ├── ImageGenURLRefusedError                 the URL policy refused it (scheme, internal address) [permanent]
+    │   ├── ImageGenURLExpiredError                 the image host answered 403 / 404 / 410: expired or refused
+    │   └── ImageGenImageVerificationError          the bytes are not the image that was asked for  [permanent]
     └── ImageGenStorageError                        S3 refused or lost an upload
                                                     [permanent for a missing bucket or denied access]
 
@@ -57,6 +59,8 @@ __all__ = [
     "ImageGenServerError",
     "ImageGenStorageError",
     "ImageGenTimeoutError",
+    "ImageGenURLExpiredError",
+    "ImageGenURLRefusedError",
     "ImageGenValidationError",
     "error_from_event",
     "error_from_response",
@@ -190,19 +194,48 @@ class ImageGenTimeoutError(ImageGenConnectionError):
 
 
 class ImageGenBadResponseError(ImageGenError):
-    """A 2xx answer whose body is not the documented ``{"images": [URL, ...]}``."""
+    """A 2xx answer whose body is not the documented ``{"images": [URL, ...]}``.
+
+    Permanent: the API answered success, so the call may well have been billed, and a retry would
+    pay again for an answer that broke the contract the same way.
+    """
+
+    permanent = True
 
 
 class ImageGenNoImagesError(ImageGenBadResponseError):
-    """A 2xx answer with an empty image list: no images returned."""
+    """A 2xx answer with an empty image list, or with fewer images than ``min_images``."""
 
 
 class ImageGenDownloadError(ImageGenError):
-    """An image URL returned by the API could not be fetched (expired, refused, cut short...)."""
+    """An image URL returned by the API could not be fetched (cut short, too slow, connection lost...)."""
+
+
+class ImageGenURLRefusedError(ImageGenDownloadError):
+    """The URL policy refused an image URL or redirect: not https, or a host on an internal address.
+
+    Permanent: the same answer would be refused again, and a retry would pay for it first.
+    """
+
+    permanent = True
+
+
+class ImageGenURLExpiredError(ImageGenDownloadError):
+    """The image host answered 403, 404 or 410: the short-lived URL expired or was refused."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
 
 
 class ImageGenImageVerificationError(ImageGenDownloadError):
-    """The downloaded bytes are not the image that was asked for (format, size, content type)."""
+    """The downloaded bytes are not the image that was asked for (format, size, content type, end marker).
+
+    Permanent: the API served these bytes for this request; paying for a new generation on every
+    retry would not make it serve the right ones.
+    """
+
+    permanent = True
 
 
 class ImageGenStorageError(ImageGenError):

@@ -26,6 +26,8 @@ TREE = {
     ex.ImageGenNoImagesError: ex.ImageGenBadResponseError,
     ex.ImageGenDownloadError: ex.ImageGenError,
     ex.ImageGenImageVerificationError: ex.ImageGenDownloadError,
+    ex.ImageGenURLRefusedError: ex.ImageGenDownloadError,
+    ex.ImageGenURLExpiredError: ex.ImageGenDownloadError,
     ex.ImageGenStorageError: ex.ImageGenError,
 }
 
@@ -54,9 +56,12 @@ def test_the_tree_is_the_documented_one():
         (ex.ImageGenServerError("m", status_code=503), True, False),
         (ex.ImageGenConnectionError("m"), True, False),
         (ex.ImageGenTimeoutError("m"), True, False),
-        (ex.ImageGenBadResponseError("m"), False, False),
-        (ex.ImageGenNoImagesError("m"), False, False),
+        (ex.ImageGenBadResponseError("m"), False, True),
+        (ex.ImageGenNoImagesError("m"), False, True),
         (ex.ImageGenDownloadError("m"), False, False),
+        (ex.ImageGenURLExpiredError("m", status_code=404), False, False),
+        (ex.ImageGenURLRefusedError("m"), False, True),
+        (ex.ImageGenImageVerificationError("m"), False, True),
         (ex.ImageGenStorageError("m"), False, False),
         (ex.ImageGenStorageError("m", permanent=True), False, True),
     ],

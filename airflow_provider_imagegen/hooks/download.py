@@ -8,8 +8,6 @@ and :class:`ImageStream` (status, byte cap, total deadline). No Authorization he
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import time
 import zlib
 from contextlib import contextmanager
@@ -18,7 +16,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airflow_provider_imagegen.exceptions import ImageGenDownloadError, error_from_transport
+from airflow_provider_imagegen.exceptions import (
+    ImageGenDownloadError,
+    ImageGenURLExpiredError,
+    ImageGenURLRefusedError,
+    error_from_transport,
+)
+from airflow_provider_imagegen.hooks.address import download_deadline, is_internal_spelling
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -157,31 +161,13 @@ def _looks_like_zlib(data: bytes) -> bool:
     return len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
 
 
-def _is_internal_host(host: str) -> bool:
-    host = host.strip("[]").rstrip(".").lower()
-    if not host or host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        # The system resolver also takes the legacy forms "127.1", "2130706433", "0x7f.0.0.1".
-        try:
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return False  # a DNS name
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    # not global: loopback, private, link-local (cloud metadata), shared (100.64/10), reserved...
-    return not address.is_global or address.is_multicast
-
-
 def check_image_url(url: str, base_url: str) -> None:
     """Refuse image URLs that could leak data or reach internal services.
 
     Allowed: https URLs to public hosts, and any URL on the API base URL's own origin (that is
     how a local emulator serves its images). Loopback, private and link-local hosts are refused
-    unless they are the API's own host.
+    unless they are the API's own host: here by spelling (IP literals, ``localhost``), and again
+    by every address a name resolves to when the connection is made (``address.CheckingBackend``).
 
     :param url: the image URL (or a redirect target).
     :param base_url: the API's base URL, whose origin is always allowed.
@@ -190,9 +176,9 @@ def check_image_url(url: str, base_url: str) -> None:
     if (target.scheme, target.netloc) == (base.scheme, base.netloc):
         return
     if target.scheme != "https":
-        raise ImageGenDownloadError(f"Refusing image URL with scheme {target.scheme!r}: only https is allowed")
-    if _is_internal_host(target.hostname or ""):
-        raise ImageGenDownloadError(f"Refusing image URL on internal host {target.hostname!r}")
+        raise ImageGenURLRefusedError(f"Refusing image URL with scheme {target.scheme!r}: only https is allowed")
+    if is_internal_spelling(target.hostname or ""):
+        raise ImageGenURLRefusedError(f"Refusing image URL on internal host {target.hostname!r}")
 
 
 class ImageStream:
@@ -203,10 +189,12 @@ class ImageStream:
     :param deadline: seconds the whole body may take, not only one read.
     """
 
-    def __init__(self, response: httpx.Response, *, max_bytes: int, deadline: float) -> None:
+    def __init__(
+        self, response: httpx.Response, *, max_bytes: int, deadline: float, deadline_at: float | None = None
+    ) -> None:
         self.response = response
         self.max_bytes = max_bytes
-        self._deadline_at = time.monotonic() + deadline
+        self._deadline_at = time.monotonic() + deadline if deadline_at is None else deadline_at
         self.deadline = deadline
         self.bytes_read = 0
 
@@ -250,6 +238,8 @@ class ImageStream:
                 if time.monotonic() > self._deadline_at:
                     raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
         except httpx.HTTPError as error:
+            if time.monotonic() >= self._deadline_at:
+                raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline") from error
             raise ImageGenDownloadError(
                 f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
             ) from error
@@ -276,20 +266,29 @@ def open_image(
     :param base_url: the API's base URL (its origin is allowed, e.g. a local emulator).
     :param timeout: connect and read timeouts of each request.
     :param max_bytes: the most bytes accepted for the image.
-    :param deadline: seconds the whole body may take.
+    :param deadline: seconds the whole download may take: connect, headers, every redirect and the body.
     """
     check_image_url(url, base_url)
-    try:
-        with client.stream("GET", url, timeout=timeout, headers={"Accept-Encoding": "identity"}) as first:
-            response = _follow_https_redirects(client, first, base_url)
-            try:
-                if response.status_code != 200:
-                    raise ImageGenDownloadError(f"Image URL answered HTTP {response.status_code} (expired or refused)")
-                yield ImageStream(response, max_bytes=max_bytes, deadline=deadline)
-            finally:
-                response.close()  # the response after redirects is not the one `stream` closes
-    except httpx.TransportError as error:
-        raise error_from_transport(error, download=True) from None
+    with download_deadline(deadline) as deadline_at:
+        try:
+            with client.stream("GET", url, timeout=timeout, headers={"Accept-Encoding": "identity"}) as first:
+                response = _follow_https_redirects(client, first, base_url)
+                try:
+                    _check_status(response.status_code)
+                    yield ImageStream(response, max_bytes=max_bytes, deadline=deadline, deadline_at=deadline_at)
+                finally:
+                    response.close()  # the response after redirects is not the one `stream` closes
+        except httpx.TransportError as error:
+            if time.monotonic() >= deadline_at:
+                raise ImageGenDownloadError(f"Image download exceeded its {deadline:g} s deadline") from None
+            raise error_from_transport(error, download=True) from None
+
+
+def _check_status(status: int) -> None:
+    if status in (403, 404, 410):
+        raise ImageGenURLExpiredError(f"Image URL answered HTTP {status} (expired or refused)", status_code=status)
+    if status != 200:
+        raise ImageGenDownloadError(f"Image URL answered HTTP {status}")
 
 
 def _follow_https_redirects(client: httpx.Client, response: httpx.Response, base_url: str) -> httpx.Response:
@@ -304,7 +303,7 @@ def _follow_https_redirects(client: httpx.Client, response: httpx.Response, base
             target = str(response.next_request.url)
             check_image_url(target, base_url)
             if not target.startswith("https://"):
-                raise ImageGenDownloadError("Refusing a redirect of an image URL to a non-https URL")
+                raise ImageGenURLRefusedError("Refusing a redirect of an image URL to a non-https URL")
         finally:
             response.close()
         response = client.send(response.next_request, stream=True)

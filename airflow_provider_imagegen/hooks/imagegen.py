@@ -34,6 +34,7 @@ from airflow_provider_imagegen.hooks._client import (
     settings_from_connection,
     shared_ssl_context,
 )
+from airflow_provider_imagegen.hooks.address import checking_transport
 from airflow_provider_imagegen.hooks.download import DEFAULT_DOWNLOAD_DEADLINE, DEFAULT_MAX_IMAGE_BYTES
 from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
 
@@ -165,7 +166,7 @@ class ImageGenHook(BaseHook):
         return httpx.Client(
             timeout=self.settings.httpx_timeout,
             headers={"User-Agent": USER_AGENT},
-            transport=self._transport,
+            transport=self._transport or checking_transport(self.settings.base_url),
             follow_redirects=False,
         )
 
