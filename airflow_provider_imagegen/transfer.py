@@ -90,6 +90,7 @@ class VerifyingReader:
         self.size = 0
         self.dimensions: tuple[int, int] | None = None
         self._exhausted = False
+        self._complete = False
 
     @property
     def sha256(self) -> str:
@@ -130,7 +131,7 @@ class VerifyingReader:
     @property
     def finished(self) -> bool:
         """Whether the whole body was read and passed every check."""
-        return self._exhausted and self.dimensions is not None
+        return self._complete
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all if negative); b"" at the end, after the final checks."""
@@ -161,6 +162,7 @@ class VerifyingReader:
             if chunk is None:
                 self._exhausted = True
                 self._check_complete()
+                self._complete = True
                 return
             self._accept(chunk)
 
