@@ -233,12 +233,19 @@ def check_content_type(declared: str, expected: str) -> None:
         raise ImageGenImageVerificationError(f"Image URL served Content-Type {declared!r}, expected {expected!r}")
 
 
-def etag_is_md5(upload_args: dict[str, Any]) -> bool:
-    """Whether a stored object's ETag is the MD5 of its bytes (not under SSE-KMS or SSE-C).
+def etag_is_md5(upload_args: dict[str, Any], response: dict[str, Any] | None = None) -> bool:
+    """Whether a stored object's ETag is the MD5 of its bytes: not under SSE-KMS or SSE-C.
+
+    Both what was asked (``upload_args``) and what the store says it did (``response``: a bucket
+    whose default encryption is SSE-KMS encrypts objects uploaded without asking) are looked at.
 
     :param upload_args: the upload's ExtraArgs.
+    :param response: the ``PutObject`` or ``HeadObject`` answer.
     """
-    return upload_args.get("ServerSideEncryption") not in _ETAG_NOT_MD5 and not upload_args.get("SSECustomerAlgorithm")
+    for source in (upload_args, response or {}):
+        if source.get("ServerSideEncryption") in _ETAG_NOT_MD5 or source.get("SSECustomerAlgorithm"):
+            return False
+    return True
 
 
 def _etag(response: dict[str, Any]) -> str:
@@ -318,7 +325,7 @@ def verify_stored_object(
         compared = True
         if str(head["ChecksumSHA256"]).split("-")[0] != composite_sha256:
             problems.append("composite sha256 mismatch")
-    if composite_etag and "-" in etag and etag_is_md5(args):
+    if composite_etag and "-" in etag and etag_is_md5(args, head):
         compared = True
         if etag != composite_etag:
             problems.append(f"ETag {etag} != {composite_etag}")
@@ -459,7 +466,7 @@ def put_verified(
             raise ImageGenStorageError(f"s3://{bucket}/{key} stored SHA-256 {stored}, not the one sent; deleted")
         return etag
     md5_hex = md5_hex or hashlib.md5(body, usedforsecurity=False).hexdigest()
-    if etag_is_md5(args) and _MD5_HEX.fullmatch(etag):
+    if etag_is_md5(args, response) and _MD5_HEX.fullmatch(etag):
         if etag != md5_hex:  # the store received other bytes than were sent
             raise _reject(s3_client, bucket, key, [f"ETag {etag} is not the MD5 {md5_hex} of the bytes sent"])
         return etag

@@ -213,13 +213,20 @@ def test_when_delete_objects_is_refused_each_key_is_deleted(make_op, emulator, s
     assert "Could not delete" not in task_logs()
 
 
-def test_a_put_answered_without_checksum_or_md5_etag_is_read_back(make_op, emulator, s3, s3_bucket):
-    """Like SSE-KMS on a store that ignores checksums: nothing in the answer to compare, so GET and hash."""
+@pytest.mark.parametrize(
+    ("etag", "encryption"),
+    [("not-an-md5", None), ("0" * 32, "aws:kms")],
+    ids=["ETag not an MD5", "bucket default SSE-KMS"],
+)
+def test_a_put_answered_without_checksum_or_md5_etag_is_read_back(make_op, emulator, s3, s3_bucket, etag, encryption):
+    """A store that ignores checksums and gives no MD5 ETag: nothing in the answer to compare, so GET and hash."""
     op, s3_calls = _operator_with_counted_client(make_op, n=2)
 
     def nothing_to_compare(parsed: dict[str, Any], **_: Any) -> None:
         parsed.pop("ChecksumSHA256", None)
-        parsed["ETag"] = '"not-an-md5"'
+        parsed["ETag"] = f'"{etag}"'
+        if encryption:  # encrypted without being asked: the ETag is not the MD5
+            parsed["ServerSideEncryption"] = encryption
 
     op.s3_client.meta.events.register("after-call.s3.PutObject", nothing_to_compare)
     xcom = op.execute(make_context())
