@@ -96,12 +96,8 @@ def seaweedfs() -> Iterator[LocalS3]:
             time.sleep(0.2)
         yield store
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=3)  # its data is thrown away: no need for a graceful stop
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.kill()  # its data is thrown away: no need to wait for a graceful stop
+        process.wait(timeout=10)
         log.close()
         shutil.rmtree(data, ignore_errors=True)
 
