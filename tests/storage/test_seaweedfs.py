@@ -88,9 +88,10 @@ def _strip_answer_checksums(answer: Exchange) -> None:
 # -- SeaweedFS as it is ------------------------------------------------------------------------
 
 
-def test_single_put_images_land_verified(make_weed_op, emulator, weed_s3, weed_bucket):
-    xcom = make_weed_op(n=2).execute(make_context())
-    assert [item["key"] for item in xcom] == [f"{PREFIX}/00.png", f"{PREFIX}/01.png"]
+@pytest.mark.parametrize(("output_format", "extension"), [("png", "png"), ("jpeg", "jpg")])
+def test_single_put_images_land_verified(make_weed_op, emulator, weed_s3, weed_bucket, output_format, extension):
+    xcom = make_weed_op(n=2, output_format=output_format).execute(make_context())
+    assert [item["key"] for item in xcom] == [f"{PREFIX}/00.{extension}", f"{PREFIX}/01.{extension}"]
     _assert_stored(xcom, weed_s3, weed_bucket, emulator)
     for item in xcom:  # SeaweedFS kept the checksum the operator sent
         head = weed_s3.head_object(Bucket=weed_bucket, Key=item["key"], ChecksumMode="ENABLED")
