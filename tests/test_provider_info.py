@@ -41,7 +41,7 @@ def test_valid_against_airflows_runtime_schema(info):
 def test_sections_valid_against_airflows_provider_yaml_schema(info):
     """The stricter provider.yaml schema (kebab-case keys, enums for tags and hidden fields, conn-fields)."""
     schema = _airflow_schema("provider.yaml.schema.json")
-    for section in ("integrations", "hooks", "operators", "triggers", "connection-types"):
+    for section in ("integrations", "hooks", "operators", "triggers", "connection-types", "task-decorators"):
         jsonschema.validate(info[section], schema["properties"][section])
     for key in ("package-name", "name", "description", "versions"):
         jsonschema.validate(info[key], schema["properties"][key])
@@ -224,3 +224,66 @@ def test_missing_connection_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_IMAGEGEN_NOPE", raising=False)
     with pytest.raises(AirflowNotFoundException, match="imagegen_nope"):
         ImageGenHook("imagegen_nope").settings  # noqa: B018
+
+
+# -- @task.imagegen and the Images plugin --------------------------------------------------------------
+
+DECORATOR_CLASS = "airflow_provider_imagegen.decorators.imagegen.imagegen_task"
+PLUGIN_CLASS = "airflow_provider_imagegen.plugins.images:ImageGenPlugin"
+
+
+def test_task_decorator_is_registered_and_resolves(info):
+    from airflow.sdk.definitions.decorators import task
+
+    from airflow_provider_imagegen.decorators.imagegen import imagegen_task
+
+    assert info["task-decorators"] == [{"name": "imagegen", "class-name": DECORATOR_CLASS}]
+    module_name, _, name = DECORATOR_CLASS.rpartition(".")
+    assert getattr(importlib.import_module(module_name), name) is imagegen_task
+    assert task.imagegen is imagegen_task  # what `@task.imagegen` in a DAG file finds
+
+
+def test_plugin_is_an_airflow_plugins_entry_point_not_a_provider_info_plugin(info):
+    """Registered once: Airflow 3.3 loads provider-info plugins only with lazy_discover_providers=False,
+    and a plugin registered both ways is refused the second time with an import error."""
+    (entry_point,) = [
+        ep
+        for ep in importlib.metadata.entry_points(group="airflow.plugins")
+        if ep.dist is not None and ep.dist.name == PACKAGE
+    ]
+    assert entry_point.value == PLUGIN_CLASS
+    plugin_class = entry_point.load()
+    assert plugin_class.name == "imagegen"
+    assert "plugins" not in info
+
+
+def _plugins_in_a_fresh_process(lazy: str) -> dict:
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from airflow import plugins_manager as pm;"
+        "plugins, errors = pm._get_plugins();"
+        "views, _ = pm._get_ui_plugins(); apps, _ = pm.get_fastapi_plugins();"
+        "print(json.dumps({'names': [p.name for p in plugins], 'errors': errors,"
+        "'views': [{k: v for k, v in view.items()} for view in views],"
+        "'apps': [{'url_prefix': a['url_prefix'], 'name': a['name']} for a in apps],"
+        "'fastapi_imported': 'airflow_provider_imagegen.plugins._app' in sys.modules}))"
+    )
+    env = {**__import__("os").environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("lazy", ["True", "False"])
+def test_airflow_loads_the_plugin_once_on_either_discovery_setting(lazy):
+    found = _plugins_in_a_fresh_process(lazy)
+    assert found["names"].count("imagegen") == 1, found
+    assert not [error for error in found["errors"].values() if "imagegen" in error], found["errors"]
+    (view,) = [view for view in found["views"] if view.get("url_route") == "imagegen_images"]
+    assert view["destination"] == "task_instance"
+    assert view["name"] == "Images"
+    assert view["href"] == "/imagegen/task-instances/{DAG_ID}/{RUN_ID}/{TASK_ID}/{MAP_INDEX}"
+    assert {"url_prefix": "/imagegen", "name": "Image generation"} in found["apps"]
+    assert found["fastapi_imported"] is False, "loading the plugin must not build its app"

@@ -1,0 +1,3 @@
+"""Airflow plugins of the provider: the Images tab (``images.ImageGenPlugin``)."""
+
+from __future__ import annotations
