@@ -16,7 +16,13 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenError, error_from_event
+from airflow_provider_imagegen.exceptions import (
+    ImageGenDownloadError,
+    ImageGenError,
+    ImageGenNoImagesError,
+    ImageGenURLExpiredError,
+    error_from_event,
+)
 from airflow_provider_imagegen.metrics import TryTally, prompt_cost
 from airflow_provider_imagegen.models import ImageGenerationResult, prompt_digest
 from airflow_provider_imagegen.records import Generation, Manifest, RecordStore, utcnow_iso
@@ -30,6 +36,11 @@ if TYPE_CHECKING:
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
     from airflow_provider_imagegen.models import CopiedImage, TaskLog
     from airflow_provider_imagegen.plan import Plan, PromptJob
+
+
+MAX_GENERATIONS = 2
+"""Paid generations per prompt and task instance: the first, and one more only when its URLs
+expired while S3 (not the image host) was failing. Anything else is paid once."""
 
 
 @contextmanager
@@ -69,6 +80,7 @@ def open_pipeline(
         upload_args=plan.upload_args,
         metadata=plan.object_metadata,
         transfer_config=transfer_config,
+        on_stored=store.note_stored,
     )
     runner = Runner(
         max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log
@@ -112,6 +124,7 @@ class PromptPipeline:
         tally: TryTally | None = None,
     ) -> None:
         self.tally = tally or TryTally(log)
+        self._paid: dict[str, int] = {}  # prefix → generations paid by earlier tries (expired URLs regenerate)
         self.plan = plan
         self.hook = hook
         self.store = store
@@ -176,14 +189,32 @@ class PromptPipeline:
             len(pending.image_urls),
         )
         try:
-            return self._land(job, pending.image_urls, pending.generation)
-        except ImageGenDownloadError as error:
+            return self._land(job, pending.image_urls, pending.generation, received=len(pending.image_urls))
+        except ImageGenURLExpiredError as error:
+            if pending.download_failed or pending.generations >= MAX_GENERATIONS:
+                raise self._not_paying_again(job, error) from error
             self.log.warning(
-                "Prompt %d: the image URLs recorded by an earlier try are no longer usable (%s); generating again",
+                "Prompt %d: the image URLs recorded by an earlier try expired (%s); generating again, once",
                 job.prompt_index,
                 error,
             )
-        return None
+            self._paid[job.prefix] = pending.generations
+            return None
+        except ImageGenDownloadError as error:
+            if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
+                self.store.record_pending(
+                    job, pending.image_urls, pending.generation, generations=pending.generations, download_failed=True
+                )
+            raise
+
+    def _not_paying_again(self, job: PromptJob, error: ImageGenDownloadError) -> ImageGenDownloadError:
+        failure = ImageGenDownloadError(
+            f"Prompt {job.prompt_index}: the images this task instance paid for can no longer be downloaded "
+            f"({error}), and an earlier try already failed on them or paid twice: not paying again. Delete "
+            f"s3://{self.plan.bucket}/{job.prefix}/_pending.json to generate anew."
+        )
+        failure.permanent = True
+        return failure
 
     def generate(self, job: PromptJob) -> ImageGenerationResult:
         """Call the API for ``job`` within a generation slot."""
@@ -198,7 +229,7 @@ class PromptPipeline:
             prompt_digest(request.prompt)[:12],
             _preview(request.prompt),
         )
-        with self.runner.generation_slot():
+        with self.runner.generation_slot(turn=job.prompt_index):
             started = time.monotonic()
             try:
                 result = self.hook.send(request)
@@ -247,18 +278,30 @@ class PromptPipeline:
         point) waits for it, and a failed copy returns only once the record is stored.
         """
         self.tally.generated(requested=job.request.n, received=len(result.image_urls), seconds=result.elapsed)
-        self._check_count(job, len(result.image_urls))
+        urls = self._usable_urls(job, result.image_urls)
         generation = Generation(
             generated_at=utcnow_iso(), generation_seconds=round(result.elapsed, 3), request_id=result.request_id
         )
-        recorded = self.runner.alongside(self.store.record_pending, job, result.image_urls, generation)
+        paid = self._paid.pop(job.prefix, 0) + 1
+        recorded = self.runner.alongside(self.store.record_pending, job, urls, generation, generations=paid)
         try:
-            return self._land(job, result.image_urls, generation, recorded)
+            return self._land(job, urls, generation, recorded, received=len(result.image_urls))
+        except ImageGenDownloadError as error:
+            if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
+                recorded.exception()
+                self.store.record_pending(job, urls, generation, generations=paid, download_failed=True)
+            raise
         finally:
             recorded.exception()  # waits for the write, whatever happened to the copy
 
     def _land(
-        self, job: PromptJob, urls: Sequence[str], generation: Generation, recorded: Future[Any] | None = None
+        self,
+        job: PromptJob,
+        urls: Sequence[str],
+        generation: Generation,
+        recorded: Future[Any] | None = None,
+        *,
+        received: int,
     ) -> list[CopiedImage]:
         """Copy every URL (all or nothing), then write the manifest: the commit point."""
         with self.runner.landing_slot():
@@ -289,7 +332,7 @@ class PromptPipeline:
                 cost=prompt_cost(
                     calls=1,
                     requested=job.request.n,
-                    received=len(urls),
+                    received=received,
                     images=images,
                     seconds=generation.generation_seconds,
                 ),
@@ -313,10 +356,25 @@ class PromptPipeline:
         )
         return images
 
-    def _check_count(self, job: PromptJob, received: int) -> None:
+    def _usable_urls(self, job: PromptJob, urls: Sequence[str]) -> list[str]:
+        """The first ``n`` distinct URLs of an answer; an answer cannot make more work than was asked.
+
+        Fewer than ``min_images`` is permanent: the call was paid, and the next one may be no better.
+        """
         asked, min_images = job.request.n, self.plan.min_images
+        kept = list(dict.fromkeys(urls))[:asked]
+        if len(kept) < len(urls):
+            self.log.warning(
+                "Prompt %d: the API returned %d image URL(s) for n=%d (%d distinct); keeping the first %d distinct",
+                job.prompt_index,
+                len(urls),
+                asked,
+                len(set(urls)),
+                len(kept),
+            )
+        received = len(kept)
         if received < min_images:
-            raise ImageGenError(
+            raise ImageGenNoImagesError(
                 f"Prompt {job.prompt_index}: the API returned {received} of {asked} requested image(s), "
                 f"fewer than min_images={min_images}"
             )
@@ -328,6 +386,7 @@ class PromptPipeline:
                 asked,
                 min_images,
             )
+        return kept
 
 
 def _preview(prompt: str, limit: int = 60) -> str:

@@ -58,6 +58,16 @@ _RECORD_PUT_ARGS = (
     "Tagging",
     "StorageClass",
 )
+# what the small pending record needs: encryption a bucket policy may demand, nothing that could be
+# refused for the record after the images were paid for (a mistyped ACL, tag or storage class)
+_PENDING_PUT_ARGS = (
+    "ServerSideEncryption",
+    "SSEKMSKeyId",
+    "SSEKMSEncryptionContext",
+    "BucketKeyEnabled",
+    "ExpectedBucketOwner",
+    "RequestPayer",
+)
 
 
 def manifest_key(prefix: str) -> str:
@@ -97,6 +107,8 @@ class PendingRecord:
     request_fingerprint: str
     generation: Generation
     saved_at: str = ""
+    generations: int = 1  # paid generations this task instance made for the prompt so far
+    download_failed: bool = False  # a try failed downloading these URLs (a retry will not pay again)
 
     def to_json(self) -> dict[str, Any]:
         """The stored JSON object."""
@@ -104,6 +116,8 @@ class PendingRecord:
             "image_urls": list(self.image_urls),
             "request_fingerprint": self.request_fingerprint,
             "saved_at": self.saved_at,
+            "generations": self.generations,
+            "download_failed": self.download_failed,
             **asdict(self.generation),
         }
 
@@ -123,6 +137,8 @@ class PendingRecord:
                 request_id=data.get("request_id") if isinstance(data.get("request_id"), str) else None,
             ),
             saved_at=str(data.get("saved_at") or ""),
+            generations=int(data.get("generations") or 1),
+            download_failed=data.get("download_failed") is True,
         )
 
 
@@ -423,15 +439,35 @@ class RecordStore:
 
     # -- this try's records ------------------------------------------------------------------------
 
-    def record_pending(self, job: PromptJob, urls: Sequence[str], generation: Generation) -> None:
-        """Record generated URLs so that a retry can copy them without generating (and paying) again."""
+    def record_pending(
+        self,
+        job: PromptJob,
+        urls: Sequence[str],
+        generation: Generation,
+        *,
+        generations: int = 1,
+        download_failed: bool = False,
+    ) -> None:
+        """Record generated URLs so that a retry can copy them without generating (and paying) again.
+
+        Written with only the arguments a small JSON object needs (encryption), so that a bad
+        image-upload argument cannot also lose the record of what was paid for.
+
+        :param job: the prompt.
+        :param urls: the image URLs to copy.
+        :param generation: what the API call said of itself.
+        :param generations: paid generations this task instance made for the prompt so far.
+        :param download_failed: a try failed downloading these URLs (their host, not S3, failed).
+        """
         record = PendingRecord(
             image_urls=tuple(urls),
             request_fingerprint=request_fingerprint(job.request),
             generation=generation,
             saved_at=utcnow_iso(),
+            generations=generations,
+            download_failed=download_failed,
         )
-        self._write(pending_key(job.prefix), record.to_json())
+        self._write(pending_key(job.prefix), record.to_json(), put_args=_PENDING_PUT_ARGS)
 
     def commit(self, job: PromptJob, manifest: Manifest) -> None:
         """Write the manifest: the commit point. The pending record goes later (:meth:`drop_committed`)."""
@@ -508,7 +544,7 @@ class RecordStore:
             permanent=True,
         )
 
-    def _write(self, key: str, data: dict[str, Any]) -> None:
+    def _write(self, key: str, data: dict[str, Any], *, put_args: tuple[str, ...] = _RECORD_PUT_ARGS) -> None:
         try:
             self.s3_client.put_object(
                 Bucket=self.bucket,
@@ -516,7 +552,7 @@ class RecordStore:
                 Body=json.dumps(data, indent=2, sort_keys=True).encode(),
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
-                **self._put_args,
+                **{k: v for k, v in self._put_args.items() if k in put_args},
             )
         except Exception as error:
             raise error_from_s3(error, self.bucket, key, action="write to") from error

@@ -53,6 +53,10 @@ class Runner:
         self._stopping = threading.Event()
         self._progress = threading.Lock()
         self._background: ThreadPoolExecutor | None = None
+        # API slots go to the prompts in prompt order: the first prompt is always the first to pay
+        self._order = threading.Condition()
+        self._passed: set[int] = set()
+        self._next_turn = 0
 
     def __enter__(self) -> Runner:
         # writes the pending records alongside the copies; one pool per try, not a thread per prompt
@@ -78,15 +82,17 @@ class Runner:
             (or, with ``fail_fast``, after those already started finished).
         """
 
-        def guarded(job: J) -> list[R]:
+        def guarded(turn: int) -> list[R]:
             try:
-                return work(job)
+                return work(jobs[turn])
             except BaseException:
                 if self.fail_fast:
                     self._stopping.set()
                 raise
+            finally:
+                self._pass(turn)
 
-        outcomes = self._map(jobs, guarded, workers=2 * self.max_concurrency, stop_early=self.fail_fast)
+        outcomes = self._map(range(len(jobs)), guarded, workers=2 * self.max_concurrency, stop_early=self.fail_fast)
         failures = {i: o for i, o in outcomes.items() if isinstance(o, BaseException) and not isinstance(o, NotStarted)}
         if not failures:
             return [result for i in range(len(jobs)) for result in outcomes[i]]
@@ -103,9 +109,18 @@ class Runner:
         raise error
 
     @contextmanager
-    def generation_slot(self) -> Iterator[None]:
-        """Hold one of ``max_concurrency`` API slots; raise :class:`NotStarted` once ``fail_fast`` stopped."""
+    def generation_slot(self, turn: int | None = None) -> Iterator[None]:
+        """Hold one of ``max_concurrency`` API slots; raise :class:`NotStarted` once ``fail_fast`` stopped.
+
+        :param turn: the job's position in :meth:`run`: slots are then granted in job order (a job
+            that needs no slot gives up its turn when it ends).
+        """
+        if turn is not None:
+            with self._order:
+                self._order.wait_for(lambda: self._next_turn >= turn)
         with self._generation_slots:
+            if turn is not None:
+                self._pass(turn)
             if self._stopping.is_set():
                 raise NotStarted
             try:
@@ -114,6 +129,13 @@ class Runner:
                 if self.fail_fast:  # before the slot is released: the next prompt must not pay
                     self._stopping.set()
                 raise
+
+    def _pass(self, turn: int) -> None:
+        with self._order:
+            self._passed.add(turn)
+            while self._next_turn in self._passed:
+                self._next_turn += 1
+            self._order.notify_all()
 
     @contextmanager
     def landing_slot(self) -> Iterator[None]:
@@ -158,11 +180,11 @@ class Runner:
         undo([o for o in outcomes.values() if not isinstance(o, BaseException)])
         raise failed[0]
 
-    def alongside(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``function(*args)`` in the background (at most ``max_concurrency`` at once)."""
+    def alongside(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``function(*args, **kwargs)`` in the background (at most ``max_concurrency`` at once)."""
         if self._background is None:
             raise RuntimeError("Runner used outside its `with` block")
-        return self._background.submit(function, *args)
+        return self._background.submit(function, *args, **kwargs)
 
     # -- the one way work is spread over threads ---------------------------------------------------
 

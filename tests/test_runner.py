@@ -131,7 +131,7 @@ def test_fail_fast_starts_no_api_call_after_a_failure():
     called = []
 
     def work(i: int) -> list[int]:
-        with runner.generation_slot():
+        with runner.generation_slot(turn=i):
             called.append(i)
             if i == 0:
                 raise ImageGenError("first fails")
@@ -141,6 +141,24 @@ def test_fail_fast_starts_no_api_call_after_a_failure():
         runner.run(range(6), work)
     assert called == [0]  # one slot: the failure is marked before the slot is released
     assert "1 of 6 prompts failed (5 not started: fail_fast)" in str(caught.value)
+
+
+def test_api_slots_are_granted_in_job_order():
+    order = []
+
+    def work(i: int) -> list[int]:
+        if i % 3 == 0:  # a job that needs no API call gives its turn up when it ends
+            return [i]
+        with runner.generation_slot(turn=i):
+            order.append(i)
+            threading.Event().wait(0.002)
+        return [i]
+
+    for _ in range(5):
+        order.clear()
+        with _runner(max_concurrency=1) as runner:
+            assert runner.run(range(12), work) == list(range(12))
+        assert order == [i for i in range(12) if i % 3]
 
 
 def test_without_fail_fast_every_prompt_is_tried():

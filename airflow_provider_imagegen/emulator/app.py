@@ -172,9 +172,13 @@ async def _respond(request: Request, state: EmulatorState, generation: Generatio
         return JSONResponse({"data": []})
     if mode == "empty_images":
         return JSONResponse({"images": []})
-    if mode != "ok":
+    if mode not in ("ok", "extra_images", "repeated_images"):
         return error_response(state.config, 500, "emulator_misconfigured", f"unknown response_mode {mode!r}")
     urls = await _issue_images(_base_url(request, state), state, generation)
+    if mode == "extra_images":
+        urls += await _issue_images(_base_url(request, state), state, generation)
+    elif mode == "repeated_images":
+        urls = [url for url in urls for _ in range(2)]
     return JSONResponse({"images": urls})
 
 

@@ -13,7 +13,14 @@ from typing import Any
 ERROR_FORMATS: tuple[str, ...] = ("json", "text")
 """Accepted values of :attr:`EmulatorConfig.error_format`."""
 
-RESPONSE_MODES: tuple[str, ...] = ("ok", "malformed_json", "no_images_key", "empty_images")
+RESPONSE_MODES: tuple[str, ...] = (
+    "ok",
+    "malformed_json",
+    "no_images_key",
+    "empty_images",
+    "extra_images",  # twice as many image URLs as asked for
+    "repeated_images",  # every image URL twice
+)
 """Accepted values of :attr:`EmulatorConfig.response_mode`."""
 
 _NON_NEGATIVE_FLOATS: tuple[str, ...] = ("latency", "download_latency", "slow_body_seconds")

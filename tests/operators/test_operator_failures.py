@@ -11,6 +11,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenDownloadError,
     ImageGenError,
     ImageGenImageVerificationError,
+    ImageGenNoImagesError,
     ImageGenServerError,
 )
 from tests.support import list_keys, make_context, multipart_uploads
@@ -38,8 +39,11 @@ def test_fewer_images_but_enough_succeeds_with_a_warning(make_op, context, emula
 
 def test_too_few_images_fails_clearly(make_op, context, emulator, s3, s3_bucket):
     emulator.configure(max_images=2)
-    with pytest.raises(ImageGenError, match=r"returned 2 of 4 requested image\(s\), fewer than min_images=3"):
+    with pytest.raises(
+        AirflowFailException, match=r"returned 2 of 4 requested image\(s\), fewer than min_images=3"
+    ) as info:
         make_op(n=4, min_images=3).execute(context)
+    assert isinstance(info.value.__cause__, ImageGenNoImagesError)  # paid once: a retry would pay again
     assert _final_keys(s3, s3_bucket) == []
 
 

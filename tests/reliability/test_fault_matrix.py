@@ -200,7 +200,8 @@ FAULTS = [
         "fewer images than asked, too few",
         knobs={"max_images": 1},
         op={"n": 3, "min_images": 3},
-        error=ImageGenError,
+        error=AirflowFailException,
+        cause=ImageGenNoImagesError,
         message=r"returned 1 of 3 requested image\(s\), fewer than min_images=3",
     ),
     # -- image downloads: the generation is paid, its URLs are kept for the next try -----------

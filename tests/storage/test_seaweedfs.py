@@ -208,6 +208,23 @@ def test_reuse_compares_the_recorded_etag_when_the_store_keeps_no_checksum(weed_
     assert reused is None if note_etags else reused == [image]
 
 
+def test_a_rerun_on_a_store_without_checksums_sees_a_changed_object_by_its_etag(
+    make_weed_op, emulator, weed_s3, weed_bucket, proxied
+):
+    """Through the operator: the manifest records each object's ETag, and reuse compares it."""
+    client = proxied(on_request=_strip_checksums, on_response=_strip_answer_checksums)
+    first = make_weed_op(n=2, client=client).execute(make_context())
+    manifest = read_json(weed_s3, weed_bucket, f"{PREFIX}/manifest.json")
+    assert set(manifest["stored_etags"]) == {item["key"] for item in first}
+    key = first[1]["key"]
+    body = weed_s3.get_object(Bucket=weed_bucket, Key=key)["Body"].read()
+    weed_s3.put_object(Bucket=weed_bucket, Key=key, Body=flip_byte(body))  # same size, other bytes
+
+    again = make_weed_op(n=2, client=client).execute(make_context(try_number=2))
+    assert generations(emulator) == 2  # the changed object was noticed: produced again, not reused
+    _assert_stored(again, weed_s3, weed_bucket, emulator)  # and S3 holds the verified bytes again
+
+
 # -- a store that refuses DeleteObjects, like OpenStack Swift's s3api (issue 12 item 2) ----------
 
 
