@@ -173,3 +173,25 @@ def test_manifest_json_round_trip_keeps_the_documented_fields():
     assert data["received_images"] == 1
     assert data["requested_images"] == 2
     assert Manifest.from_json(data) == manifest
+
+
+def test_the_pending_record_survives_a_bad_image_upload_argument(s3):
+    """Only encryption goes with the small record: a mistyped storage class or tag cannot lose it."""
+    store = RecordStore(
+        s3,
+        BUCKET,
+        upload_args={"StorageClass": "NOT_A_CLASS", "Tagging": "bad tag=x", "ServerSideEncryption": "AES256"},
+        log=CountingLog(),
+    )
+    store.record_pending(JOB, ["https://cdn.test/0.png"], Generation())
+    head = s3.head_object(Bucket=BUCKET, Key=f"{JOB.prefix}/_pending.json")
+    assert head["ServerSideEncryption"] == "AES256"
+    assert "StorageClass" not in head
+    assert s3.get_object_tagging(Bucket=BUCKET, Key=f"{JOB.prefix}/_pending.json")["TagSet"] == []
+
+
+def test_a_failed_download_is_remembered_with_the_urls(s3):
+    store = _store(s3)
+    store.record_pending(JOB, ["https://cdn.test/0.png"], Generation(), generations=2, download_failed=True)
+    record = _store(s3).pending(JOB)
+    assert (record.generations, record.download_failed) == (2, True)

@@ -195,6 +195,9 @@ FAULTS = [
         cause=ImageGenNoImagesError,
         message=r"No images returned",
     ),
+    # an answer cannot make more work than was asked: the first n distinct URLs are kept
+    Fault("more image URLs than asked", knobs={"response_mode": "extra_images"}, images=2),
+    Fault("every image URL repeated", knobs={"response_mode": "repeated_images"}, images=2),
     Fault("fewer images than asked, enough", knobs={"max_images": 1}, op={"n": 3, "min_images": 1}, images=1),
     Fault(
         "fewer images than asked, too few",
