@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import html
 import io
-import json
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,18 +79,20 @@ def image_entries(value: Any) -> list[dict[str, Any]]:
 def read_manifest(s3_client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
     """The manifest of the images under ``prefix`` (``None`` if there is none or it is unreadable).
 
-    The one place this app reads records: switch it to ``RecordStore.read_manifest`` when that exists.
+    Read through the record store, the one code that reads the provider's records.
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
     :param prefix: the folder of the images (``{prefix}/manifest.json``).
     """
+    from airflow_provider_imagegen.records import RecordStore
+
+    store = RecordStore(s3_client, bucket, upload_args={}, log=logging.getLogger(__name__))
     try:
-        body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"]
-        data = json.loads(body.read(4 * 1024 * 1024))
+        manifest = store.read_manifest(prefix)
     except Exception:  # a missing or unreadable manifest: the page still shows the images
         return None
-    return data if isinstance(data, dict) else None
+    return None if manifest is None else manifest.to_json()
 
 
 def describe(s3_client: Any, entries: list[dict[str, Any]]) -> list[ImageView]:
