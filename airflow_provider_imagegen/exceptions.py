@@ -20,7 +20,8 @@ The whole hierarchy, one place::
     │   ├── ImageGenURLExpiredError                 the image host answered 403 / 404 / 410: expired or refused
     │   └── ImageGenImageVerificationError          the bytes are not the image that was asked for  [permanent]
     └── ImageGenStorageError                        S3 refused or lost an upload
-                                                    [permanent for a missing bucket or denied access]
+        │                                           [permanent for a missing bucket or denied access]
+        └── ImageGenWriteConflictError              another task wrote the same explicit prefix at once
 
 ``retryable`` says whether the hook retries the call itself (with backoff); ``permanent`` says
 that retrying can never help, so the operator fails the task without Airflow retries (retries of
@@ -62,6 +63,7 @@ __all__ = [
     "ImageGenURLExpiredError",
     "ImageGenURLRefusedError",
     "ImageGenValidationError",
+    "ImageGenWriteConflictError",
     "error_from_event",
     "error_from_response",
     "error_from_s3",
@@ -244,6 +246,15 @@ class ImageGenStorageError(ImageGenError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class ImageGenWriteConflictError(ImageGenStorageError):
+    """Another task wrote the same explicit ``s3_key_prefix`` while this one was copying.
+
+    Detected right before the commit (an image changed under this task, or a manifest appeared);
+    this try then leaves the objects as they are (they may be the other task's) and writes no
+    manifest. Retryable: once the other task is done, a retry reuses or replaces its images.
+    """
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -21,6 +21,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenError,
     ImageGenNoImagesError,
     ImageGenURLExpiredError,
+    ImageGenWriteConflictError,
     error_from_event,
 )
 from airflow_provider_imagegen.metrics import TryTally, prompt_cost
@@ -340,7 +341,9 @@ class PromptPipeline:
             try:
                 if recorded is not None:
                     recorded.result()
-                self.store.commit(job, manifest)
+                self.store.commit(job, manifest, shared=self.plan.shared_prefix)
+            except ImageGenWriteConflictError:
+                raise  # the objects at these keys may be the other writer's now: leave them
             except Exception:
                 self.store.discard(images)  # no manifest vouches for them: leave no image under a final key
                 raise

@@ -124,6 +124,7 @@ class Plan:
     :param min_images: fewest images per prompt that count as success.
     :param upload_args: ``PutObject`` arguments of every object (encryption, ACL, tags, extras).
     :param task: the task instance.
+    :param shared_prefix: the prefix is the user's ``s3_key_prefix`` (not the per-task default).
     """
 
     jobs: tuple[PromptJob, ...]
@@ -132,6 +133,7 @@ class Plan:
     min_images: int
     upload_args: dict[str, Any] = field(default_factory=dict)
     task: TaskIdentity = field(default_factory=lambda: TaskIdentity("", "", ""))
+    shared_prefix: bool = False  # an explicit s3_key_prefix: other tasks may write there too
 
     @property
     def list_prefix(self) -> str:
@@ -208,6 +210,7 @@ def build_plan(
             s3_extra_args, encrypt=encrypt, kms_key_id=kms_key_id, acl_policy=acl_policy, s3_tags=s3_tags
         ),
         task=task,
+        shared_prefix=bool(isinstance(s3_key_prefix, str) and s3_key_prefix.strip().strip("/")),
     )
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_imagegen.exceptions import (
     S3_MISSING_CODES,
     ImageGenStorageError,
+    ImageGenWriteConflictError,
     error_from_s3,
     s3_error_code,
 )
@@ -469,12 +470,28 @@ class RecordStore:
         )
         self._write(pending_key(job.prefix), record.to_json(), put_args=_PENDING_PUT_ARGS)
 
-    def commit(self, job: PromptJob, manifest: Manifest) -> None:
-        """Write the manifest: the commit point. The pending record goes later (:meth:`drop_committed`)."""
+    def commit(self, job: PromptJob, manifest: Manifest, *, shared: bool = False) -> None:
+        """Write the manifest: the commit point. The pending record goes later (:meth:`drop_committed`).
+
+        :param job: the prompt.
+        :param manifest: its verified images.
+        :param shared: the prefix is an explicit ``s3_key_prefix`` other tasks may write to as well.
+            Every image is then checked again right before the manifest goes (size, checksum, the
+            ETag it was stored with), and the manifest is written only if none exists
+            (``If-None-Match``): a second writer makes this try fail loudly instead of leaving a
+            manifest that vouches for another task's bytes.
+        """
         etags = {image.key: self._etags[image.key] for image in manifest.images if image.key in self._etags}
         if etags and not manifest.etags:
             manifest = replace(manifest, etags=etags)
-        self._write(manifest_key(job.prefix), manifest.to_json())
+        if shared:
+            changed = [image for image in manifest.images if not self._still_stored(image, etags.get(image.key))]
+            if changed:
+                raise ImageGenWriteConflictError(
+                    f"Another writer changed {changed[0].s3_uri} while this task was copying to the shared prefix "
+                    f"{job.prefix!r}; not committing. Tasks that share an s3_key_prefix must not run at once."
+                )
+        self._write(manifest_key(job.prefix), manifest.to_json(), exclusive=shared)
         self._committed.append(job.prefix)
 
     def discard(self, images: Iterable[CopiedImage]) -> None:
@@ -544,17 +561,31 @@ class RecordStore:
             permanent=True,
         )
 
-    def _write(self, key: str, data: dict[str, Any], *, put_args: tuple[str, ...] = _RECORD_PUT_ARGS) -> None:
+    def _write(
+        self, key: str, data: dict[str, Any], *, put_args: tuple[str, ...] = _RECORD_PUT_ARGS, exclusive: bool = False
+    ) -> None:
+        """PUT a JSON record; ``exclusive``: only if no object exists at ``key`` (``If-None-Match: *``)."""
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": json.dumps(data, indent=2, sort_keys=True).encode(),
+            "ContentType": "application/json",
+            "ChecksumAlgorithm": "SHA256",
+            **{k: v for k, v in self._put_args.items() if k in put_args},
+        }
         try:
-            self.s3_client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=json.dumps(data, indent=2, sort_keys=True).encode(),
-                ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
-                **{k: v for k, v in self._put_args.items() if k in put_args},
-            )
+            try:
+                self.s3_client.put_object(**args, **({"IfNoneMatch": "*"} if exclusive else {}))
+            except Exception as error:
+                if not exclusive or s3_error_code(error) not in ("NotImplemented", "501"):
+                    raise
+                self.s3_client.put_object(**args)  # a store without conditional writes: the check above stands
         except Exception as error:
+            if exclusive and s3_error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ImageGenWriteConflictError(
+                    f"Another writer committed s3://{self.bucket}/{key} first while this task was copying; "
+                    "not overwriting it. Tasks that share an s3_key_prefix must not run at once."
+                ) from error
             raise error_from_s3(error, self.bucket, key, action="write to") from error
 
     def _delete(self, key: str) -> None:

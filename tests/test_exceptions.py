@@ -12,6 +12,7 @@ from airflow.exceptions import AirflowException
 from airflow_provider_imagegen import exceptions as ex
 
 TREE = {
+    ex.ImageGenWriteConflictError: ex.ImageGenStorageError,
     ex.ImageGenValidationError: ex.ImageGenError,
     ex.ImageGenAPIError: ex.ImageGenError,
     ex.ImageGenBadRequestError: ex.ImageGenAPIError,
