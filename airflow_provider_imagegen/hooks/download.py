@@ -42,35 +42,51 @@ def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     :param limit: the most decoded bytes kept.
     """
     source, codec = _raw_source(response)
-    decoder = BoundedDecoder(codec)
-    parts: list[bytes] = []
-    size = 0
+    capped = _CappedBody(codec, limit)
     for raw in source:
-        for chunk in decoder.feed(raw):
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(parts)[:limit], True
-    decoder.finish()
-    return b"".join(parts), False
+        if capped.add(raw):
+            return capped.body()
+    return capped.finish()
 
 
 async def aread_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """The async twin of :func:`read_capped`."""
     if response.is_stream_consumed:
         return read_capped(response, limit)
-    decoder = BoundedDecoder(content_codec(response.headers))
-    parts: list[bytes] = []
-    size = 0
+    capped = _CappedBody(content_codec(response.headers), limit)
     raw_chunks: AsyncIterator[bytes] = response.aiter_raw()
     async for raw in raw_chunks:
-        for chunk in decoder.feed(raw):
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(parts)[:limit], True
-    decoder.finish()
-    return b"".join(parts), False
+        if capped.add(raw):
+            return capped.body()
+    return capped.finish()
+
+
+class _CappedBody:
+    """Decoded bytes collected up to a limit (shared by :func:`read_capped` and :func:`aread_capped`)."""
+
+    def __init__(self, codec: str, limit: int) -> None:
+        self.decoder = BoundedDecoder(codec)
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, raw: bytes) -> bool:
+        """Decode ``raw``; True once more than ``limit`` bytes came."""
+        for chunk in self.decoder.feed(raw):
+            self.parts.append(chunk)
+            self.size += len(chunk)
+            if self.size > self.limit:
+                return True
+        return False
+
+    def body(self) -> tuple[bytes, bool]:
+        """The first ``limit`` bytes, cut short."""
+        return b"".join(self.parts)[: self.limit], True
+
+    def finish(self) -> tuple[bytes, bool]:
+        """The whole body, which fit."""
+        self.decoder.finish()
+        return b"".join(self.parts), False
 
 
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # far above any 4K PNG
