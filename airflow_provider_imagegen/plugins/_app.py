@@ -19,11 +19,12 @@ import functools
 import html
 import io
 import logging
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from airflow_provider_imagegen.runner import Slots
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,9 +42,9 @@ THUMBNAIL_CACHE_ENTRIES = 256
 STREAM_CHUNK = 1024 * 1024
 IMAGE_TYPES = {"image/png", "image/jpeg"}
 
-_thumbnail_slots = threading.BoundedSemaphore(THUMBNAIL_WORKERS)
+_thumbnail_slots = Slots(THUMBNAIL_WORKERS)
 _thumbnail_cache: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
-_thumbnail_cache_lock = threading.Lock()
+_thumbnail_cache_lock = Slots(1)
 
 
 @dataclass(frozen=True)
