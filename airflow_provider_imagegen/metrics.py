@@ -34,7 +34,8 @@ def _stats() -> Any:
     """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
 
     Workers initialise it before running a task; in-process runs (``dag.test()``) may not have,
-    and would then send nothing.
+    and would then send nothing. Task SDK 1.3 (Airflow 3.3) keeps a module-level backend; 1.2
+    (Airflow 3.2) a ``Stats`` class whose metaclass builds the logger from a factory.
     """
     try:
         from airflow.sdk._shared.observability.metrics import stats
@@ -43,14 +44,20 @@ def _stats() -> Any:
         from airflow.stats import Stats
 
         return Stats
-    if getattr(stats, "_factory", True) is None:
-        from airflow.sdk.configuration import conf
+    if hasattr(stats, "initialize"):  # task SDK 1.3+
+        if getattr(stats, "_factory", True) is None:
+            from airflow.sdk.configuration import conf
 
-        stats.initialize(
-            factory=stats_utils.get_stats_factory(),
-            export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
-        )
-    return stats
+            stats.initialize(
+                factory=stats_utils.get_stats_factory(),
+                export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
+            )
+        return stats
+    facade: Any = stats.Stats  # task SDK 1.2
+    factory_of: Any = stats_utils.get_stats_factory
+    if type.__getattribute__(facade, "factory") is None:
+        facade.initialize(factory=factory_of(facade))
+    return facade
 
 
 @dataclass
