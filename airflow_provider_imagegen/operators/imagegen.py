@@ -269,7 +269,8 @@ class ImageGenToS3Operator(BaseOperator):
 
     def _finish(self, context: Context, plan: Plan, images: list[CopiedImage]) -> list[dict[str, Any]]:
         """Asset events for the outlets (``assets.emit``), then the XCom value."""
-        emit(self.outlets, context["outlet_events"], plan, images, mode=self.asset_events)
+        if self.outlets:
+            emit(self.outlets, context["outlet_events"], plan, images, mode=self.asset_events)
         self._stored_images = images
         return [image.to_dict() for image in images]
 

@@ -313,3 +313,9 @@ def test_asset_events_mode_is_validated(make_op):
 def test_no_asset_events_without_alias_outlets(make_op, context, emulator, s3_bucket):
     make_op().execute(context)
     assert context["outlet_events"].added == []
+
+
+def test_a_task_without_outlets_needs_no_outlet_events(make_op, context, emulator):
+    """Asset bookkeeping is only asked for when there are outlets (a bare context works, as in bench/)."""
+    del context["outlet_events"]
+    assert len(make_op(n=1).execute(context)) == 1
