@@ -363,17 +363,28 @@ def error_from_response(response: httpx.Response, *, secret: str | None = None) 
 
 
 def error_from_transport(
-    error: httpx.TransportError, *, secret: str | None = None, download: bool = False
+    error: httpx.HTTPError,
+    *,
+    secret: str | None = None,
+    download: bool = False,
+    bytes_read: int | None = None,
+    past_deadline: float | None = None,
 ) -> ImageGenError:
-    """An httpx transport failure as one of ours; ``secret`` is scrubbed should a transport echo it.
+    """An httpx failure as one of ours; ``secret`` is scrubbed should a transport echo it.
 
-    :param error: what httpx raised (connect, read, protocol or timeout error).
+    :param error: what httpx raised (connect, read, protocol, timeout or decoding error).
     :param secret: the API key, never shown.
     :param download: the failure happened while fetching an image (an :class:`ImageGenDownloadError`).
+    :param bytes_read: image bytes received before it failed (said in the message).
+    :param past_deadline: the download's deadline in seconds, when it had passed (the cause, then).
     """
     import httpx
 
     detail = scrub(f"{type(error).__name__}: {error}", secret)
+    if download and past_deadline is not None:
+        return ImageGenDownloadError(f"Image download exceeded its {past_deadline:g} s deadline")
+    if download and bytes_read is not None:
+        return ImageGenDownloadError(f"Image download failed after {bytes_read} bytes: {detail}")
     if download:
         return ImageGenDownloadError(f"Image download failed: {detail}")
     if isinstance(error, httpx.TimeoutException):

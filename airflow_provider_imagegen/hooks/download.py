@@ -254,11 +254,8 @@ class ImageStream:
                 if time.monotonic() > self._deadline_at:
                     raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline")
         except httpx.HTTPError as error:
-            if time.monotonic() >= self._deadline_at:
-                raise ImageGenDownloadError(f"Image download exceeded its {self.deadline:g} s deadline") from error
-            raise ImageGenDownloadError(
-                f"Image download failed after {self.bytes_read} bytes: {type(error).__name__}: {error}"
-            ) from error
+            past = self.deadline if time.monotonic() >= self._deadline_at else None
+            raise error_from_transport(error, download=True, bytes_read=self.bytes_read, past_deadline=past) from error
         # Content-Length counts the bytes on the wire: compare like with like.
         if declared is not None and wire_bytes != declared:
             raise ImageGenDownloadError(f"Image body cut short: {wire_bytes} of {declared} bytes")
@@ -295,9 +292,8 @@ def open_image(
                 finally:
                     response.close()  # the response after redirects is not the one `stream` closes
         except httpx.TransportError as error:
-            if time.monotonic() >= deadline_at:
-                raise ImageGenDownloadError(f"Image download exceeded its {deadline:g} s deadline") from None
-            raise error_from_transport(error, download=True) from None
+            past = deadline if time.monotonic() >= deadline_at else None
+            raise error_from_transport(error, download=True, past_deadline=past) from None
 
 
 def _check_status(status: int) -> None:
