@@ -12,7 +12,8 @@ The whole hierarchy, one place::
     │   ├── ImageGenRateLimitError                  429 (keeps Retry-After)                    [retried]
     │   └── ImageGenServerError                     408, 409, 5xx                              [retried]
     ├── ImageGenConnectionError                     connect failure, reset, protocol error     [retried]
-    │   └── ImageGenTimeoutError                    connect / read / total deadline exceeded   [retried]
+    │   └── ImageGenTimeoutError                    connect timeout [retried]; read timeout: the request
+    │                                               was sent and may be billed [permanent, not retried]
     ├── ImageGenBadResponseError                    2xx whose body is not {"images": [URL, ...]}  [permanent]
     │   └── ImageGenNoImagesError                   2xx with an empty image list, or fewer than min_images
     ├── ImageGenDownloadError                       an image URL could not be fetched (cut short, too slow...)
@@ -387,6 +388,15 @@ def error_from_transport(
         return ImageGenDownloadError(f"Image download failed after {bytes_read} bytes: {detail}")
     if download:
         return ImageGenDownloadError(f"Image download failed: {detail}")
+    if isinstance(error, httpx.ReadTimeout):
+        # the request went out: the API may be generating (and billing) still, and a retry would pay again
+        late = ImageGenTimeoutError(
+            f"Timed out talking to the image API: no answer within the connection's read timeout ({detail}). "
+            "The request was sent, so it may have been billed: not retried (raise the connection's timeout "
+            "if generations take longer)"
+        )
+        late.retryable, late.permanent = False, True
+        return late
     if isinstance(error, httpx.TimeoutException):
         return ImageGenTimeoutError(f"Timed out talking to the image API: {detail}")
     return ImageGenConnectionError(f"Could not talk to the image API: {detail}")

@@ -495,11 +495,15 @@ def test_parse_retry_after_past_date_is_zero():
 
 def test_error_from_transport():
     request = httpx.Request("POST", "https://api.example.test")
-    timeout = error_from_transport(httpx.ReadTimeout("read timed out", request=request))
+    timeout = error_from_transport(httpx.ConnectTimeout("connect timed out", request=request))
     assert type(timeout) is ImageGenTimeoutError
     assert isinstance(timeout, ImageGenConnectionError)
     assert timeout.retryable
-    assert "ReadTimeout" in str(timeout)
+    assert "ConnectTimeout" in str(timeout)
+    late = error_from_transport(httpx.ReadTimeout("read timed out", request=request))
+    assert type(late) is ImageGenTimeoutError
+    assert (late.retryable, late.permanent) == (False, True)  # sent, maybe billed: never paid twice
+    assert "ReadTimeout" in str(late)
     refused = error_from_transport(httpx.ConnectError("refused", request=request))
     assert type(refused) is ImageGenConnectionError
     assert refused.retryable

@@ -159,7 +159,6 @@ def test_default_transport_through_respx(conn):
 RETRIED = [
     pytest.param(httpx.ConnectError("connection refused"), ImageGenConnectionError, id="connect-error"),
     pytest.param(httpx.ConnectTimeout("connect timed out"), ImageGenTimeoutError, id="connect-timeout"),
-    pytest.param(httpx.ReadTimeout("read timed out"), ImageGenTimeoutError, id="read-timeout"),
     pytest.param(httpx.RemoteProtocolError("server disconnected"), ImageGenConnectionError, id="disconnected"),
     pytest.param(httpx.ReadError("connection reset"), ImageGenConnectionError, id="reset"),
     pytest.param(status(408), ImageGenServerError, id="408"),
@@ -621,3 +620,13 @@ def test_test_connection_the_way_the_api_server_runs_it(monkeypatch, host, answe
     assert route.call_count == 1
     assert route.calls.last.request.headers["authorization"] == "Bearer sk-ui/test+key"
     assert json.loads(route.calls.last.request.content)["n"] == 0
+
+
+def test_a_read_timeout_is_paid_once_not_retried(conn):
+    """The request went out: the API may still be generating and billing it, so no second POST."""
+    api = FakeAPI(httpx.ReadTimeout("read timed out"), ok())
+    with pytest.raises(ImageGenTimeoutError, match="may have been billed") as caught:
+        make_hook(api).generate_images("p")
+    assert len(api.posts) == 1
+    assert caught.value.permanent
+    assert not caught.value.retryable

@@ -152,12 +152,13 @@ FAULTS = [
         calls=1 + MAX_RETRIES,
     ),
     Fault(
-        "read timeout",
+        "read timeout (the request was sent: maybe billed, so not retried)",
         knobs={"latency": 1.0},
         conn={"extra": {"timeout": 0.2}},
-        error=ImageGenTimeoutError,
-        message=r"Timed out talking to the image API",
-        calls=1 + MAX_RETRIES,
+        error=AirflowFailException,
+        cause=ImageGenTimeoutError,
+        message=r"Timed out talking to the image API.*may have been billed: not retried",
+        calls=1,
     ),
     Fault(
         "connection reset by the server mid-request",
