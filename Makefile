@@ -11,11 +11,12 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 # The oldest Airflow we support, tested by `make test-min` (CI runs it after `make test`).
-MIN_AIRFLOW := 3.2.0
+# Google Cloud Composer and Astro Runtime ship Airflow 3.1 builds; 3.1.2 is the floor in pyproject.toml.
+MIN_AIRFLOW := 3.1.2
 MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
-# Airflow 3.2.0's API server breaks with newer fastapi/cadwyn releases than it was built with.
-MIN_CONSTRAINTS := "fastapi>=0.129,<0.141" "cadwyn<8" "starlette<1"
+# Airflow 3.1.2 pins fastapi<0.118 itself; its API server also breaks with cadwyn 8 and starlette 1.
+MIN_CONSTRAINTS := "cadwyn<8" "starlette<1"
 
 # `make test-lowest`: the built wheel with every direct dependency at its floor (uv's lowest-direct
 # resolution, with the same constraints), in a venv made afresh each time, running tests/release.
@@ -41,11 +42,13 @@ system-deps:
 
 $(MIN_STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
-	# without the celery provider: it pins the newest Airflow (its tests run once, on the newest)
+	# without the celery and fab providers as locked: they pin the newest Airflow. fab is resolved
+	# afresh beside the oldest Airflow; celery's tests run once, on the newest.
 	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet \
-		--prune apache-airflow-providers-celery --prune celery -o $(MIN_VENV)/dev-requirements.txt
+		--prune apache-airflow-providers-celery --prune celery --prune apache-airflow-providers-fab \
+		-o $(MIN_VENV)/dev-requirements.txt
 	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
-		-r $(MIN_VENV)/dev-requirements.txt $(MIN_CONSTRAINTS)
+		apache-airflow-providers-fab -r $(MIN_VENV)/dev-requirements.txt $(MIN_CONSTRAINTS)
 	touch $(MIN_STAMP)
 
 lint: install
