@@ -8,6 +8,7 @@ Every request is recorded (without its ``authorization`` header) by :class:`Reco
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import hashlib
 import json
@@ -172,13 +173,19 @@ async def _respond(request: Request, state: EmulatorState, generation: Generatio
         return JSONResponse({"data": []})
     if mode == "empty_images":
         return JSONResponse({"images": []})
-    if mode not in ("ok", "extra_images", "repeated_images"):
+    if mode not in ("ok", "extra_images", "repeated_images", "objects", "objects_without_url"):
         return error_response(state.config, 500, "emulator_misconfigured", f"unknown response_mode {mode!r}")
+    if mode == "objects_without_url":  # rendered but never stored: no URL answers for them
+        rendered = await _render_images(_base_url(request, state), state.config, generation)
+        encoded = [base64.b64encode(image.data).decode("ascii") for image in rendered]
+        return JSONResponse({"images": [{"b64_json": data, "revised_prompt": generation.prompt} for data in encoded]})
     urls = await _issue_images(_base_url(request, state), state, generation)
     if mode == "extra_images":
         urls += await _issue_images(_base_url(request, state), state, generation)
     elif mode == "repeated_images":
         urls = [url for url in urls for _ in range(2)]
+    elif mode == "objects":
+        return JSONResponse({"images": [{"url": url, "revised_prompt": generation.prompt} for url in urls]})
     return JSONResponse({"images": urls})
 
 
@@ -187,13 +194,19 @@ def _base_url(request: Request, state: EmulatorState) -> str:
     return state.base_url or str(request.base_url).rstrip("/")
 
 
-async def _issue_images(base_url: str, state: EmulatorState, generation: GenerationRequest) -> list[str]:
-    """Render ``min(n, max_images)`` images concurrently in threads and store them; return their URLs."""
-    config = state.config
+async def _render_images(base_url: str, config: EmulatorConfig, generation: GenerationRequest) -> list[StoredImage]:
+    """Render ``min(n, max_images)`` images concurrently in threads (not stored: their URLs do not answer yet)."""
     count = generation.n if config.max_images is None else min(generation.n, config.max_images)
-    images = await asyncio.gather(
-        *(asyncio.to_thread(_make_image, base_url, config, generation, index) for index in range(count))
+    return list(
+        await asyncio.gather(
+            *(asyncio.to_thread(_make_image, base_url, config, generation, index) for index in range(count))
+        )
     )
+
+
+async def _issue_images(base_url: str, state: EmulatorState, generation: GenerationRequest) -> list[str]:
+    """Render ``min(n, max_images)`` images and store them; return their URLs."""
+    images = await _render_images(base_url, state.config, generation)
     for image in images:
         state.store_image(image)
     return [image.url for image in images]

@@ -20,6 +20,8 @@ RESPONSE_MODES: tuple[str, ...] = (
     "empty_images",
     "extra_images",  # twice as many image URLs as asked for
     "repeated_images",  # every image URL twice
+    "objects",  # each image as {"url": URL, "revised_prompt": ...}, as the documented example's [{}] allows
+    "objects_without_url",  # each image as {"b64_json": ..., "revised_prompt": ...}: no URL to download
 )
 """Accepted values of :attr:`EmulatorConfig.response_mode`."""
 
@@ -62,7 +64,10 @@ class EmulatorConfig:
     error_format: str = "json"
     """``"json"`` (``{"error": {...}}``) or ``"text"`` (a plain sentence) error bodies."""
     response_mode: str = "ok"
-    """``"ok"``, ``"malformed_json"``, ``"no_images_key"`` or ``"empty_images"``."""
+    """Shape of 200 answers: ``"ok"`` (``{"images": [URL, ...]}``), ``"objects"`` (each image an
+    object ``{"url": URL, "revised_prompt": ...}``), ``"objects_without_url"`` (objects carrying
+    ``b64_json`` and ``revised_prompt`` but no URL), ``"malformed_json"``, ``"no_images_key"``,
+    ``"empty_images"``, ``"extra_images"`` or ``"repeated_images"`` (see :data:`RESPONSE_MODES`)."""
     image_content_type: str | None = None
     """Override the Content-Type header of image downloads."""
     wrong_format: bool = False

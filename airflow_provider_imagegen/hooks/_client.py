@@ -14,7 +14,7 @@ import random
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -311,7 +311,13 @@ async def aread_answer(response: httpx.Response) -> httpx.Response:
 
 
 def parse_image_urls(response: httpx.Response) -> list[str]:
-    """The image URLs of a 2xx generation response, or a bad-response error saying what is wrong."""
+    """The image URLs of a 2xx generation response, or a bad-response error saying what is wrong.
+
+    The contract's prose says ``images`` is an "array of generated image URLs" while its example
+    answer is ``{"images": [{}]}``: an item is either an http(s) URL string or an object carrying
+    one in ``url`` (its other fields, like the answer's other keys, are ignored). Anything else
+    fails the call permanently, naming the item's shape (keys and types), never a value.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -325,12 +331,48 @@ def parse_image_urls(response: httpx.Response) -> list[str]:
         raise ImageGenBadResponseError(f"The image API answered without an 'images' list (got {shape})")
     if not images:
         raise ImageGenNoImagesError("No images returned by the image API (an empty 'images' list)")
-    for position, url in enumerate(images):
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+    urls: list[str] = []
+    for position, item in enumerate(images):
+        url = item.get("url") if isinstance(item, dict) else item
+        if not _is_http_url(url):
             raise ImageGenBadResponseError(
-                f"The image API returned a non-URL at images[{position}]: {type(url).__name__}"
+                f"The image API returned something other than an image URL: images[{position}] is "
+                f"{_item_shape(item)} (expected an http(s) URL, or an object with one in 'url')"
             )
-    return list(images)
+        urls.append(url)
+    return urls
+
+
+_SHOWN_KEYS = 8  # of an unusable item's keys, in a message
+
+
+def _is_http_url(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a string with an http or https scheme."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return urlsplit(value).scheme in ("http", "https")
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+
+
+def _key_name(key: str) -> str:
+    """A key as a message may show it: a short identifier as is, anything else (a URL?) by its length."""
+    return key if key.isidentifier() and len(key) <= 40 else f"<a key of {len(key)} characters>"
+
+
+def _item_shape(item: Any) -> str:
+    """An ``images`` item described by its keys and types, never its values (a value may be a signed URL)."""
+    if isinstance(item, dict):
+        names = sorted(item)
+        fields = [f"{_key_name(name)}: {type(item[name]).__name__}" for name in names[:_SHOWN_KEYS]]
+        if len(names) > _SHOWN_KEYS:
+            fields.append(f"and {len(names) - _SHOWN_KEYS} more")
+        problem = "whose 'url' is not an http(s) URL" if "url" in item else "and no 'url'"
+        return f"an object (dict) with keys {{{', '.join(fields)}}} {problem}"
+    if isinstance(item, str):
+        return f"a str of {len(item)} characters that is not an http(s) URL"
+    return f"of type {type(item).__name__}"
 
 
 def raise_for_status(response: httpx.Response, api_key: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 
@@ -184,6 +185,40 @@ def test_response_modes(emu, generate, mode, body):
     assert response.status_code == 200
     assert response.text == body
     assert emu.state.images == []
+
+
+def test_response_mode_objects(emu, client, generate):
+    emu.configure(response_mode="objects")
+
+    images = generate({"prompt": "a fox", "n": 2}).json()["images"]
+
+    assert [set(image) for image in images] == [{"url", "revised_prompt"}] * 2
+    assert [image["revised_prompt"] for image in images] == ["a fox"] * 2
+    assert [image.url for image in emu.state.images] == [image["url"] for image in images]
+    assert client.get(images[0]["url"]).content.startswith(PNG_MAGIC)
+
+
+def test_response_mode_objects_without_url(emu, generate):
+    emu.configure(response_mode="objects_without_url")
+
+    images = generate({"prompt": "a fox", "n": 2, "output_format": "jpeg"}).json()["images"]
+
+    assert [set(image) for image in images] == [{"b64_json", "revised_prompt"}] * 2
+    assert base64.b64decode(images[0]["b64_json"]).startswith(JPEG_MAGIC)
+    assert emu.state.images == []  # no URL to download
+
+
+def test_response_mode_objects_honours_max_images(emu, generate):
+    emu.configure(response_mode="objects", max_images=1)
+
+    assert len(generate({"prompt": "p", "n": 3}).json()["images"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["objects", "objects_without_url"])
+def test_response_mode_from_the_command_line(mode):
+    from airflow_provider_imagegen.emulator.__main__ import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--response-mode", mode])).response_mode == mode
 
 
 def test_malformed_json_does_not_parse(emu, generate):

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imagegen.exceptions import (
     ImageGenAuthenticationError,
@@ -42,6 +41,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenTimeoutError,
     ImageGenValidationError,
 )
+from airflow_provider_imagegen.version_compat import AirflowFailException
 from tests.support import (
     PREFIX,
     generations,
@@ -195,6 +195,16 @@ FAULTS = [
         error=AirflowFailException,
         cause=ImageGenNoImagesError,
         message=r"No images returned",
+    ),
+    # the contract's example answer is {"images": [{}]}: objects carrying their URL in "url" are fine ...
+    Fault("images as objects carrying their URL", knobs={"response_mode": "objects"}, images=2),
+    Fault(  # ... any other object is not, and is paid once whatever the retries
+        "images as objects without a URL",
+        knobs={"response_mode": "objects_without_url"},
+        conn={"extra": {"max_retries": 3}},
+        error=AirflowFailException,
+        cause=ImageGenBadResponseError,
+        message=r"images\[0\] is an object \(dict\) with keys \{b64_json: str, revised_prompt: str\} and no 'url'",
     ),
     # an answer cannot make more work than was asked: the first n distinct URLs are kept
     Fault("more image URLs than asked", knobs={"response_mode": "extra_images"}, images=2),
