@@ -95,6 +95,8 @@ class ImageGenError(AirflowException):
 
     retryable: bool = False
     permanent: bool = False
+    answered: bool = False
+    """The API answered the generation call with a 2xx: it was paid, whatever went wrong after."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -197,13 +199,14 @@ class ImageGenTimeoutError(ImageGenConnectionError):
 
 
 class ImageGenBadResponseError(ImageGenError):
-    """A 2xx answer whose body is not the documented ``{"images": [URL, ...]}``.
+    """A 2xx answer whose body is not ``{"images": [...]}`` with URL strings or ``{"url": URL}`` objects.
 
     Permanent: the API answered success, so the call may well have been billed, and a retry would
-    pay again for an answer that broke the contract the same way.
+    pay again for an answer that broke the contract the same way. Counted as a paid call.
     """
 
     permanent = True
+    answered = True
 
 
 class ImageGenNoImagesError(ImageGenBadResponseError):

@@ -30,36 +30,6 @@ if TYPE_CHECKING:
 PREFIX = "imagegen"
 
 
-def _stats() -> Any:
-    """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
-
-    Workers initialise it before running a task; in-process runs (``dag.test()``) may not have,
-    and would then send nothing. Task SDK 1.3 (Airflow 3.3) keeps a module-level backend; 1.2
-    (Airflow 3.2) a ``Stats`` class whose metaclass builds the logger from a factory.
-    """
-    try:
-        from airflow.sdk._shared.observability.metrics import stats
-        from airflow.sdk.observability.metrics import stats_utils
-    except ImportError:  # Airflow without the SDK's own metrics package
-        from airflow.stats import Stats
-
-        return Stats
-    if hasattr(stats, "initialize"):  # task SDK 1.3+
-        if getattr(stats, "_factory", True) is None:
-            from airflow.sdk.configuration import conf
-
-            stats.initialize(
-                factory=stats_utils.get_stats_factory(),
-                export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
-            )
-        return stats
-    facade: Any = stats.Stats  # task SDK 1.2
-    factory_of: Any = stats_utils.get_stats_factory
-    if type.__getattribute__(facade, "factory") is None:
-        facade.initialize(factory=factory_of(facade))
-    return facade
-
-
 @dataclass
 class Figures:
     """What one try did (or one prompt's generation, in its manifest)."""
@@ -101,7 +71,9 @@ class TryTally:
     def _send(self, kind: str, name: str, value: float, **tags: str) -> None:
         try:
             if self._stats is None:
-                self._stats = _stats()
+                from airflow_provider_imagegen.version_compat import stats_facade
+
+                self._stats = stats_facade()
             if kind == "timing":
                 self._stats.timing(f"{PREFIX}.{name}", value, tags=tags or None)
             else:
@@ -120,7 +92,10 @@ class TryTally:
     def failed(self, error: BaseException, seconds: float | None = None) -> None:
         """One generation call that failed with ``error`` (after the hook's own retries)."""
         outcome = type(error).__name__
-        self._events.append(Figures(failed_calls=1, api_seconds=seconds or 0.0))
+        if getattr(error, "answered", False):  # a 2xx the provider could not use: paid all the same
+            self._events.append(Figures(generation_calls=1, api_seconds=seconds or 0.0))
+        else:
+            self._events.append(Figures(failed_calls=1, api_seconds=seconds or 0.0))
         self._send("incr", f"generation_calls.{outcome}", 1, outcome=outcome)
         if seconds is not None:
             self._send("timing", "generation", seconds * 1000.0)

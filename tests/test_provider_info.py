@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 
 from airflow_provider_imagegen import __version__
-from airflow_provider_imagegen.get_provider_info import get_provider_info
+from airflow_provider_imagegen.get_provider_info import connection_form_widgets, get_provider_info, ui_field_behaviour
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
 
 PACKAGE = "airflow-provider-imagegen"
 HOOK_CLASS = "airflow_provider_imagegen.hooks.imagegen.ImageGenHook"
@@ -169,10 +170,16 @@ def test_providers_manager_knows_the_hook(providers_manager):
     assert hook_info.connection_testable is True  # the hook defines test_connection
 
 
-def test_task_sdk_providers_manager_knows_the_hook():
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+def test_task_sdk_providers_manager_knows_the_hook(providers_manager):
+    """What tasks resolve hooks with: the task SDK's own from Airflow 3.2, core's before."""
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    hook_info = ProvidersManagerTaskRuntime().hooks["imagegen"]
+        hook_info = ProvidersManagerTaskRuntime().hooks["imagegen"]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hook_info = providers_manager.hooks["imagegen"]
     assert hook_info is not None
     assert hook_info.hook_class_name == HOOK_CLASS
 
@@ -287,3 +294,41 @@ def test_airflow_loads_the_plugin_once_on_either_discovery_setting(lazy):
     assert view["href"] == "/imagegen/task-instances/{DAG_ID}/{RUN_ID}/{TASK_ID}/{MAP_INDEX}"
     assert {"url_prefix": "/imagegen", "name": "Image generation"} in found["apps"]
     assert found["fastapi_imported"] is False, "loading the plugin must not build its app"
+
+
+def test_hook_form_methods_translate_the_provider_info(imagegen_type):
+    """Airflow 3.1 asks the hook; what it gets is the provider info's form, field for field."""
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+
+    behaviour = ImageGenHook.get_ui_field_behaviour()
+    assert behaviour == ui_field_behaviour()
+    assert behaviour["hidden_fields"] == imagegen_type["ui-field-behaviour"]["hidden-fields"]
+    assert behaviour["relabeling"] == imagegen_type["ui-field-behaviour"]["relabeling"]
+    assert behaviour["placeholders"] == imagegen_type["ui-field-behaviour"]["placeholders"]
+    widgets = ImageGenHook.get_connection_form_widgets()
+    assert set(widgets) == set(imagegen_type["conn-fields"]) == set(connection_form_widgets())
+    for name, field in imagegen_type["conn-fields"].items():
+        widget = widgets[name]
+        assert widget.kwargs["description"] == field["description"]
+        assert widget.args[0] == field["label"]
+        assert str(widget.kwargs["default"]) == str(field["schema"]["default"])
+    assert widgets["max_retries"].field_class.__name__ == "IntegerField"
+
+
+def test_no_deprecation_warning_for_the_hook_form_on_3_2_plus():
+    """3.2+ reads the form from provider info and never calls (nor warns about) the hook's methods."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('always');"
+        "from airflow.providers_manager import ProvidersManager\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    pm = ProvidersManager(); pm.field_behaviours; pm.connection_form_widgets\n"
+        "mine = [str(w.message) for w in caught if 'ImageGenHook' in str(w.message)]\n"
+        "print(mine); print(sorted(pm.field_behaviours['imagegen']))\n"
+        "raise SystemExit(1 if mine else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hidden_fields" in result.stdout  # the form was loaded (from provider info or the hook)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import conf
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+from airflow_provider_imagegen.version_compat import conf
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence

@@ -37,6 +37,7 @@ from airflow_provider_imagegen.hooks._client import (
 from airflow_provider_imagegen.hooks.address import checking_transport
 from airflow_provider_imagegen.hooks.download import DEFAULT_DOWNLOAD_DEADLINE, DEFAULT_MAX_IMAGE_BYTES
 from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenerationResult
+from airflow_provider_imagegen.version_compat import amask_secret, aread_connection
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -94,10 +95,26 @@ class ImageGenHook(BaseHook):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(imagegen_conn_id={self.imagegen_conn_id!r})"
 
+    # -- the connection form on Airflow 3.1 (3.2+ reads provider info and never calls these) ---
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields, from the provider info's ``conn-fields`` (needs wtforms)."""
+        from airflow_provider_imagegen.get_provider_info import connection_form_widgets
+
+        return connection_form_widgets()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields, from the provider info's ``ui-field-behaviour``."""
+        from airflow_provider_imagegen.get_provider_info import ui_field_behaviour
+
+        return ui_field_behaviour()
+
     # -- connection --------------------------------------------------------------------------
 
-    def _settings_from(self, conn: Connection) -> ConnectionSettings:
-        settings = settings_from_connection(conn.conn_id, conn.host, conn.password, conn.extra_dejson, conn.port)
+    def _settings_from(self, conn: Connection, extra: dict[str, Any]) -> ConnectionSettings:
+        settings = settings_from_connection(conn.conn_id, conn.host, conn.password, extra, conn.port)
         warning = plain_http_warning(settings)
         if warning:
             self.log.warning("%s", warning)
@@ -121,7 +138,7 @@ class ImageGenHook(BaseHook):
 
             if connection.password and connection.password.strip():
                 mask_secret(connection.password.strip())  # before any check can fail and print
-            settings = self._settings_from(connection)
+            settings = self._settings_from(connection, connection.extra_dejson)
             mask_secret(settings.api_key)
             self._settings = settings
         return self._settings
@@ -129,7 +146,7 @@ class ImageGenHook(BaseHook):
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read once with the async connection API (for triggers)."""
         if self._settings is None:
-            self._settings = self._settings_from(await _read_connection_once(self, self.imagegen_conn_id))
+            self._settings = self._settings_from(*await _read_connection_once(self, self.imagegen_conn_id))
         return self._settings
 
     async def aclient(self) -> httpx.AsyncClient:
@@ -374,8 +391,8 @@ _reads_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str,
 )
 
 
-async def _read_connection_once(hook: BaseHook, conn_id: str) -> Any:
-    """``hook.aget_connection(conn_id)``, its password masked; triggers asking at once share one read.
+async def _read_connection_once(hook: BaseHook, conn_id: str) -> tuple[Connection, dict[str, Any]]:
+    """The connection and its extra, its password masked; triggers asking at once share one read.
 
     Hundreds of triggers deferred by one batch start together in the triggerer's loop, and each
     lookup goes through the supervisor. Only reads in flight are shared, nothing is cached: a
@@ -390,22 +407,10 @@ async def _read_connection_once(hook: BaseHook, conn_id: str) -> Any:
     return await asyncio.shield(read)  # a cancelled trigger must not cancel the others' read
 
 
-async def _read_and_mask(hook: BaseHook, conn_id: str) -> Any:
-    connection = await hook.aget_connection(conn_id)
+async def _read_and_mask(hook: BaseHook, conn_id: str) -> tuple[Connection, dict[str, Any]]:
+    connection, extra = await aread_connection(hook, conn_id)
     if connection.password:
-        await _amask_secret(connection.password)
+        await amask_secret(connection.password)
         if connection.password.strip() and connection.password.strip() != connection.password:
-            await _amask_secret(connection.password.strip())  # the form that is sent
-    return connection
-
-
-async def _amask_secret(secret: str) -> None:
-    """Register the key with the masker from an event loop (the sync call can deadlock there)."""
-    try:
-        from airflow.sdk.log import amask_secret
-    except ImportError:  # Airflow < 3.3
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-        return
-    await amask_secret(secret)
+            await amask_secret(connection.password.strip())  # the form that is sent
+    return connection, extra

@@ -6,11 +6,12 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
 from airflow_provider_imagegen.plan import Plan, PromptJob, TaskIdentity, build_plan
+from airflow_provider_imagegen.version_compat import conf
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -293,7 +294,7 @@ def _reraise_for_airflow(error: ImageGenError) -> NoReturn:
     """Raise ``error``, as :class:`AirflowFailException` (caused by it) when it is permanent."""
     if not error.permanent:
         raise error
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_imagegen.version_compat import AirflowFailException
 
     failure = AirflowFailException(f"{type(error).__name__}: {error} (not retried: retrying cannot help)")
     raise failure from error

@@ -100,7 +100,7 @@ class ImageReviewOperator(HITLOperator):
     def _base_url(self) -> str:
         if self.image_base_url is not None:
             return self.image_base_url.rstrip("/")
-        from airflow.sdk import conf
+        from airflow_provider_imagegen.version_compat import conf
 
         return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
 
@@ -141,7 +141,7 @@ class ImageReviewOperator(HITLOperator):
         """Write the review request (one option per image) and wait for the reviewer."""
         images = self.review_images()
         if not images:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from airflow_provider_imagegen.version_compat import AirflowSkipException
 
             raise AirflowSkipException("No images to review")
         self._set_options(images)
@@ -159,7 +159,7 @@ class ImageReviewOperator(HITLOperator):
         response = super().execute_complete(context, event)
         chosen = set(response["chosen_options"])
         if REJECT_ALL in chosen or not chosen:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from airflow_provider_imagegen.version_compat import AirflowSkipException
 
             raise AirflowSkipException(f"The reviewer rejected all {len(images)} image(s)")
         kept = [image for number, image in enumerate(images, start=1) if self.option_label(number) in chosen]

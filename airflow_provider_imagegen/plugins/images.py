@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.plugins_manager import AirflowPlugin
+from airflow_provider_imagegen.version_compat import AirflowPlugin
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping

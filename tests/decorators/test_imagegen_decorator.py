@@ -169,7 +169,8 @@ def test_deferrable_mode_runs_the_api_call_in_the_trigger(run_dag, emulator, s3_
 def test_deferral_carries_the_rendered_prompts_to_the_resumed_task():
     """What a real deployment does: the deferral's kwargs come back to ``resume_execution``; no second call."""
     from airflow.sdk import DAG, task
-    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_imagegen.version_compat import TaskDeferred
 
     calls = []
     with DAG("imagegen_decorator_carry", schedule=None, start_date=pendulum.datetime(2026, 1, 1)):

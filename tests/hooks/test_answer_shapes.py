@@ -300,7 +300,7 @@ def test_an_object_without_url_fails_the_task_once_paid_and_counted(
     assert "iVBOR" not in str(failed.value)  # not a byte of the base64 image either
     assert [call.status for call in emulator.state.generation_calls()] == [200]  # answered: paid, never retried
     # the call is in the try's cost line and in the metrics, as every failed generation call is
-    assert re.search(r"Cost of this try: 0 paid generation call\(s\) and 1 failed for 1 prompt\(s\)", task_logs())
+    assert re.search(r"Cost of this try: 1 paid generation call\(s\) for 1 prompt\(s\)", task_logs())
     assert stats.counters == {"imagegen.generation_calls.ImageGenBadResponseError": 1}
     assert list_keys(s3, s3_bucket) == []
 

@@ -256,7 +256,7 @@ def test_parse_image_urls_empty_list():
     ("items", "position", "kind"),
     [
         ([{}], 0, "dict"),
-        (["https://a/1.png", {"url": "https://a/2.png"}], 1, "dict"),
+        (["https://a/1.png", {"href": "https://a/2.png"}], 1, "dict"),  # an object must carry "url"
         (["https://a/1.png", None], 1, "NoneType"),
         ([42], 0, "int"),
         (["not a url"], 0, "str"),

@@ -1,9 +1,14 @@
-"""Triggers that start together share one connection read; nothing is cached after it."""
+"""Triggers that start together share one connection read; nothing is cached after it.
+
+The read goes through ``version_compat.aread_connection``: ``aget_connection`` from Airflow 3.3.2,
+the sync ``get_connection`` in a worker thread before (both are counted here).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -26,14 +31,21 @@ def reads(monkeypatch) -> list[str]:
         "AIRFLOW_CONN_IMAGEGEN_OTHER", json.dumps({"conn_type": "imagegen", "host": "https://other.test"})
     )
     seen: list[str] = []
-    real = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
+    real_async = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
+    real_sync = BaseHook.get_connection.__func__  # type: ignore[attr-defined]
 
-    async def counted(cls: Any, conn_id: str) -> Any:
+    async def counted_async(cls: Any, conn_id: str) -> Any:
         seen.append(conn_id)
         await asyncio.sleep(0.05)
-        return await real(cls, conn_id)
+        return await real_async(cls, conn_id)
 
-    monkeypatch.setattr(BaseHook, "aget_connection", classmethod(counted))
+    def counted_sync(cls: Any, conn_id: str) -> Any:  # Airflow < 3.3.2 reads in a thread
+        seen.append(conn_id)
+        time.sleep(0.05)
+        return real_sync(cls, conn_id)
+
+    monkeypatch.setattr(BaseHook, "aget_connection", classmethod(counted_async))
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(counted_sync))
     return seen
 
 

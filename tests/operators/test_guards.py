@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError, ParamValidationError
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError, error_from_s3
+from airflow_provider_imagegen.version_compat import AirflowFailException
 from tests.support import generations, list_keys
 
 

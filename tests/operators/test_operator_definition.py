@@ -10,9 +10,9 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+from airflow_provider_imagegen.version_compat import AirflowFailException
 from tests.support import list_keys, make_context, read_json
 
 API_PARAMS = ("n", "size", "quality", "background", "moderation", "output_format", "output_compression")
@@ -154,9 +154,8 @@ def test_logs_tell_the_story(make_op, context, emulator, task_logs):
 
 
 def test_deferrable_defers_with_only_the_connection_id_then_lands(make_op, context, emulator, s3, s3_bucket):
-    from airflow.sdk.exceptions import TaskDeferred
-
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+    from airflow_provider_imagegen.version_compat import TaskDeferred
 
     op = make_op(n=2, deferrable=True)
     with pytest.raises(TaskDeferred) as info:

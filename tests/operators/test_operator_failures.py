@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imagegen.exceptions import (
     ImageGenDownloadError,
@@ -14,6 +13,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenNoImagesError,
     ImageGenServerError,
 )
+from airflow_provider_imagegen.version_compat import AirflowFailException
 from tests.support import list_keys, make_context, multipart_uploads
 
 PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"

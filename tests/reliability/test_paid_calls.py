@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_imagegen.version_compat import AirflowFailException
 from tests.reliability.test_fault_matrix import FAULTS, MAX_RETRIES, _id, _prepare_operator, _settle, _special_setup
 from tests.support import make_context
 

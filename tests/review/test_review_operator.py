@@ -57,7 +57,7 @@ def test_mapped_upstream_lists_are_flattened():
 
 @pytest.mark.parametrize("chosen", [(REJECT_ALL,), (REJECT_ALL, "Image 1"), ()])
 def test_reject_all_or_nothing_chosen_skips(chosen):
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow_provider_imagegen.version_compat import AirflowSkipException
 
     with pytest.raises(AirflowSkipException, match="rejected all 2"):
         _review([_image(0), _image(1)]).execute_complete({}, _event(*chosen))

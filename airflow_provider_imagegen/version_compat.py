@@ -1,0 +1,127 @@
+"""Everything that differs between the supported Airflow versions (3.1.2 to 3.3), in one place.
+
+In the style of the official providers' ``version_compat.py``: the version flags, and each import
+whose path moved or whose public form is missing on some supported version. Every other module
+imports these names from here and never branches on the Airflow version itself. The branches and
+the tests that cover each are listed in the README's version table.
+
+=============================  ========================  =========================================
+what                           Airflow 3.1               Airflow 3.2+ / 3.3.2+
+=============================  ========================  =========================================
+``conf``                       ``airflow.configuration`` ``airflow.sdk`` (3.2+)
+``AirflowPlugin``              ``airflow.plugins_manager`` ``airflow.sdk.plugins_manager`` (3.2+)
+task exceptions (fail, skip,   ``airflow.exceptions``    ``airflow.sdk.exceptions`` (3.2+)
+deferral)
+connection read in a trigger   sync read in a thread     ``aget_connection`` (3.3.2+)
+metrics facade                 ``airflow.stats.Stats``   the task SDK's own (3.2+; private path)
+=============================  ========================  =========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from airflow import __version__ as _airflow_version
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseHook, Connection
+
+
+def _base_version(version: str) -> tuple[int, int, int]:
+    from packaging.version import Version
+
+    parsed = Version(version)
+    return parsed.major, parsed.minor, parsed.micro
+
+
+AIRFLOW_VERSION = _base_version(_airflow_version)
+AIRFLOW_V_3_2_PLUS: bool = AIRFLOW_VERSION >= (3, 2, 0)
+AIRFLOW_V_3_3_PLUS: bool = AIRFLOW_VERSION >= (3, 3, 0)
+AIRFLOW_V_3_3_2_PLUS: bool = AIRFLOW_VERSION >= (3, 3, 2)
+"""``aget_connection`` and ``Connection.aextra_dejson`` mask secrets without blocking (3.3.2+)."""
+
+if AIRFLOW_V_3_2_PLUS:
+    from airflow.sdk import conf
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
+    from airflow.sdk.plugins_manager import AirflowPlugin
+else:  # Airflow 3.1: the task SDK has none of these yet
+    from airflow.configuration import conf  # type: ignore[assignment]
+    from airflow.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred  # type: ignore[assignment,no-redef,unused-ignore]
+    from airflow.plugins_manager import AirflowPlugin  # type: ignore[assignment]
+
+
+async def aread_connection(hook: BaseHook, conn_id: str) -> tuple[Connection, dict[str, Any]]:
+    """A connection and its extra, read from a trigger without blocking or deadlocking its event loop.
+
+    Before Airflow 3.3.2, ``aget_connection`` and ``extra_dejson`` register secrets with the
+    masker through a synchronous call to the supervisor, which can raise ``DeadlockImminentError``
+    in the triggerer's loop (the common-compat provider's ``get_async_connection`` does the same;
+    its safe version needs Python 3.11). There the synchronous read runs in a worker thread.
+    """
+    if AIRFLOW_V_3_3_2_PLUS:
+        connection = await hook.aget_connection(conn_id)
+        return connection, await connection.aextra_dejson()
+
+    def read() -> tuple[Connection, dict[str, Any]]:
+        connection = hook.get_connection(conn_id)
+        return connection, connection.extra_dejson
+
+    return await asyncio.to_thread(read)
+
+
+async def amask_secret(secret: str) -> None:
+    """Register a secret with the masker from an event loop (the sync call can deadlock there)."""
+    if AIRFLOW_V_3_3_PLUS:
+        from airflow.sdk.log import amask_secret as _amask_secret
+
+        await _amask_secret(secret)
+        return
+    from airflow.sdk.log import mask_secret
+
+    await asyncio.to_thread(mask_secret, secret)
+
+
+def stats_facade() -> Any:
+    """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
+
+    Workers initialise it before running a task; in-process runs (``dag.test()``) may not have,
+    and would then send nothing. No public API serves: task SDK 1.3 (Airflow 3.3) keeps a
+    module-level backend under the private ``airflow.sdk._shared``, 1.2 (Airflow 3.2) a ``Stats``
+    class whose metaclass builds the logger from a factory, and Airflow 3.1 uses core's
+    ``airflow.stats.Stats``. ``tests/test_version_compat.py`` fails when these paths break.
+    """
+    if not AIRFLOW_V_3_2_PLUS:
+        from airflow.stats import Stats
+
+        return Stats
+    from airflow.sdk._shared.observability.metrics import stats
+    from airflow.sdk.observability.metrics import stats_utils
+
+    if AIRFLOW_V_3_3_PLUS:
+        if getattr(stats, "_factory", True) is None:
+            stats.initialize(
+                factory=stats_utils.get_stats_factory(),
+                export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
+            )
+        return stats
+    facade: Any = stats.Stats  # task SDK 1.2
+    factory_of: Any = stats_utils.get_stats_factory
+    if type.__getattribute__(facade, "factory") is None:
+        facade.initialize(factory=factory_of(facade))
+    return facade
+
+
+__all__ = [
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "AirflowFailException",
+    "AirflowPlugin",
+    "AirflowSkipException",
+    "TaskDeferred",
+    "amask_secret",
+    "aread_connection",
+    "conf",
+    "stats_facade",
+]
