@@ -15,8 +15,10 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 MIN_AIRFLOW := 3.1.2
 MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
-# Airflow 3.1.2 pins fastapi<0.118 itself; its API server also breaks with cadwyn 8 and starlette 1.
-MIN_CONSTRAINTS := "cadwyn<8" "starlette<1"
+# Airflow 3.1.2 pins fastapi<0.118 itself; its API server also breaks with cadwyn 8 and starlette 1,
+# and its token issuer with PyJWT 2.11+ ("Issuer (iss) must be a string"): Airflow's own constraints
+# for 3.1.2 have PyJWT 2.10, as managed deployments do.
+MIN_CONSTRAINTS := "cadwyn<8" "starlette<1" "pyjwt<2.11"
 
 # `make test-lowest`: the built wheel with every direct dependency at its floor (uv's lowest-direct
 # resolution, with the same constraints), in a venv made afresh each time, running tests/release.
@@ -42,13 +44,14 @@ system-deps:
 
 $(MIN_STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
-	# without the celery and fab providers as locked: they pin the newest Airflow. fab is resolved
-	# afresh beside the oldest Airflow; celery's tests run once, on the newest.
+	# the dev group as locked, but for the celery and fab providers: their locked versions need the
+	# newest Airflow's dependencies, so they are resolved afresh beside the oldest Airflow.
 	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet \
 		--prune apache-airflow-providers-celery --prune celery --prune apache-airflow-providers-fab \
 		-o $(MIN_VENV)/dev-requirements.txt
 	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
-		apache-airflow-providers-fab -r $(MIN_VENV)/dev-requirements.txt $(MIN_CONSTRAINTS)
+		apache-airflow-providers-fab apache-airflow-providers-celery "celery<5.7" \
+		-r $(MIN_VENV)/dev-requirements.txt $(MIN_CONSTRAINTS)
 	touch $(MIN_STAMP)
 
 lint: install

@@ -106,6 +106,8 @@ def emit(outlets: Any, outlet_events: Any, plan: Plan, images: list[CopiedImage]
     """
     from airflow.sdk import Asset, AssetAlias
 
+    from airflow_provider_imagegen.version_compat import alias_event_extra
+
     extra = task_event_extra(plan, images)
     for outlet in outlets or ():
         if isinstance(outlet, AssetAlias):
@@ -114,6 +116,6 @@ def emit(outlets: Any, outlet_events: Any, plan: Plan, images: list[CopiedImage]
                 for uri, image_extra in image_events(plan, images):
                     accessor.add(Asset(uri), extra=image_extra)
             else:
-                accessor.add(Asset(task_asset_uri(plan)), extra=extra)
+                accessor.add(Asset(task_asset_uri(plan)), extra=alias_event_extra(extra))
         elif isinstance(outlet, Asset):
             outlet_events[outlet].extra = extra

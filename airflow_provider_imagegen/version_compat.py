@@ -14,6 +14,8 @@ task exceptions (fail, skip,   ``airflow.exceptions``    ``airflow.sdk.exception
 deferral)
 connection read in a trigger   sync read in a thread     ``aget_connection`` (3.3.2+)
 metrics facade                 ``airflow.stats.Stats``   the task SDK's own (3.2+; private path)
+``determine_kwargs``           ``airflow.utils``         ``airflow.sdk.bases.decorator`` (3.2+)
+alias event ``extra``          flat values only          as it is (3.2+)
 =============================  ========================  =========================================
 """
 
@@ -49,6 +51,38 @@ else:  # Airflow 3.1: the task SDK has none of these yet
     from airflow.configuration import conf  # type: ignore[assignment]
     from airflow.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred  # type: ignore[assignment,no-redef,unused-ignore]
     from airflow.plugins_manager import AirflowPlugin  # type: ignore[assignment]
+
+
+def determine_kwargs(callable_: Any, op_args: Any, context: Any) -> Any:
+    """The keyword arguments a decorated task's function takes from the context (moved in 3.2)."""
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk.bases.decorator import determine_kwargs as _determine_kwargs
+    else:
+        from airflow.utils.operator_helpers import determine_kwargs as _determine_kwargs
+    return _determine_kwargs(callable_, op_args, context)
+
+
+def context_merge(context: Any, *args: Any, **kwargs: Any) -> None:
+    """Merge values into a task context (``airflow.sdk.definitions.context`` on every supported version)."""
+    from airflow.sdk.definitions.context import context_merge as _context_merge
+
+    _context_merge(context, *args, **kwargs)
+
+
+def alias_event_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """The ``extra`` of an event added through an ``AssetAlias``, in a form this Airflow can store.
+
+    Airflow 3.1 groups alias events by ``frozenset(extra.items())``, so a list or dict value makes
+    it drop the event (``TypeError: unhashable type``, logged, the task still succeeds). There the
+    lists are left out and ``truncated`` is set: consumers read the manifests under ``prefix``,
+    as they do for any truncated event. 3.2+ stores the extra as it is.
+    """
+    if AIRFLOW_V_3_2_PLUS:
+        return extra
+    flat = {key: value for key, value in extra.items() if not isinstance(value, (list, dict))}
+    if len(flat) < len(extra):
+        flat["truncated"] = True
+    return flat
 
 
 async def aread_connection(hook: BaseHook, conn_id: str) -> tuple[Connection, dict[str, Any]]:
@@ -120,8 +154,11 @@ __all__ = [
     "AirflowPlugin",
     "AirflowSkipException",
     "TaskDeferred",
+    "alias_event_extra",
     "amask_secret",
     "aread_connection",
     "conf",
+    "context_merge",
+    "determine_kwargs",
     "stats_facade",
 ]

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, AssetAlias, Param, conf, get_current_context, task
+from airflow.sdk import DAG, AssetAlias, Param, get_current_context, task
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 
@@ -222,7 +222,7 @@ with DAG(
         min_images=1,
         imagegen_conn_id="imagegen_default",
         aws_conn_id="aws_default",
-        deferrable=conf.getboolean("operators", "default_deferrable", fallback=False),
+        # deferrable: defaults to [operators] default_deferrable
         outlets=[AssetAlias(IMAGES_ALIAS)],
     )
     # [END howto_operator_imagegen_to_s3]

@@ -80,3 +80,14 @@ def served_sha256s(emulator: Any) -> set[str]:
 def generations(emulator: Any) -> int:
     """Generation calls (POSTs, whatever they were answered) since the test started."""
     return len(emulator.state.generation_calls())
+
+
+def dagbag_class() -> Any:
+    """Airflow's ``DagBag``: in ``airflow.dag_processing`` from 3.2 (the old path warns), ``airflow.models`` on 3.1."""
+    from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
+
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.dag_processing.dagbag import DagBag
+    else:
+        from airflow.models.dagbag import DagBag
+    return DagBag

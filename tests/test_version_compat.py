@@ -126,3 +126,14 @@ def test_extra_is_read_off_the_loop_before_3_3_2(connection, monkeypatch):
     else:
         assert touched, "the extra was never read"
         assert not any(touched), "the extra was read in the event loop's thread"
+
+
+def test_alias_event_extra_is_storable_by_this_airflow():
+    """3.1 groups alias events by ``frozenset(extra.items())``: what we send must survive that."""
+    extra = {"bucket": "b", "prefix": "p", "image_count": 2, "images": [{"key": "k"}], "manifests": ["m"]}
+    sent = version_compat.alias_event_extra(extra)
+    if version_compat.AIRFLOW_V_3_2_PLUS:
+        assert sent == extra
+    else:
+        frozenset(sent.items())  # raises TypeError if a value is unhashable
+        assert sent == {"bucket": "b", "prefix": "p", "image_count": 2, "truncated": True}

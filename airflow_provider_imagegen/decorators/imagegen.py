@@ -80,8 +80,7 @@ class _ImageGenDecoratedOperator(DecoratedOperator, ImageGenToS3Operator):
         return super().execute(context)
 
     def _prompts_from_function(self, context: Context) -> None:
-        from airflow.sdk.bases.decorator import determine_kwargs
-        from airflow.sdk.definitions.context import context_merge
+        from airflow_provider_imagegen.version_compat import context_merge, determine_kwargs
 
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)

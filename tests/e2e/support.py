@@ -16,7 +16,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def load_dag(dag_id: str) -> Any:
     """Parse ``dags/{dag_id}.py`` afresh (so environment-dependent defaults are read now)."""
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.support import dagbag_class
+
+    DagBag = dagbag_class()
 
     bag = DagBag(dag_folder=DAGS_FOLDER / f"{dag_id}.py")
     assert not bag.import_errors, bag.import_errors

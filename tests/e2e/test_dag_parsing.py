@@ -31,7 +31,10 @@ socket.getaddrinfo = no_network
 import airflow.sdk  # what every DAG file pays anyway
 before = set(sys.modules)
 started = time.monotonic()
-from airflow.dag_processing.dagbag import DagBag
+try:
+    from airflow.dag_processing.dagbag import DagBag  # Airflow 3.2+
+except ImportError:
+    from airflow.models.dagbag import DagBag  # Airflow 3.1
 
 bag = DagBag(dag_folder=sys.argv[1])
 print("RESULT " + json.dumps({

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
 from tests.e2e.support import read_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("imagegen_conn", "aws_conn")]
@@ -157,4 +158,8 @@ def test_statsd_counters_and_constant_asset_rows_over_many_runs(airflow_db, emul
     assert uris == {f"s3://{s3_bucket}/imagegen/{DAILY}/generate_images"}
     assert len(events) == len(DAYS), "one event per task instance run"
     assert assets_after - assets_before == 1, f"{assets_after - assets_before} new asset rows for {len(DAYS)} runs"
-    assert all(extra["image_count"] == 2 and len(extra["images"]) == 2 for extra in extras)
+    assert all(extra["image_count"] == 2 for extra in extras)
+    if AIRFLOW_V_3_2_PLUS:
+        assert all(len(extra["images"]) == 2 for extra in extras)
+    else:  # 3.1 drops alias events whose extra holds lists: the list stays in the manifests
+        assert all("images" not in extra and extra["truncated"] is True for extra in extras)

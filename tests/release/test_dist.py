@@ -93,7 +93,8 @@ def test_metadata_license_extras_and_floors(dists: dict[str, Path]) -> None:
     requires = metadata.get_all("Requires-Dist")
     assert any(re.match(r"moto\[s3,server\]>=\S+; extra == 'testing'", line) for line in requires), requires
     assert any(re.match(r"pillow>=10\.1; extra == 'emulator'", line) for line in requires), requires
-    assert "apache-airflow<4,>=3.2.0" in requires
+    assert "apache-airflow<4,>=3.1.2" in requires
+    assert any(re.match(r"fastapi>=0\.116\.0; extra == 'emulator'", line) for line in requires), requires
     assert metadata["Requires-Python"] == ">=3.10"
 
 

@@ -88,8 +88,11 @@ def test_hook_generates_and_downloads(offline: Any) -> None:
 
 
 def test_operator_stores_verified_images(offline: Any, dags_folder: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.db import upgradedb
+
+    from tests.support import dagbag_class
+
+    DagBag = dagbag_class()
 
     api, s3 = offline
     upgradedb()

@@ -129,11 +129,25 @@ def test_run_yields_one_event_with_per_prompt_results_in_order(emulator, imagege
 
 
 def test_connection_is_read_with_the_async_api_once(emulator, imagegen_conn, monkeypatch):
-    """In a triggerer the sync lookup can raise: the trigger must never use it."""
-    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+    """In a triggerer the sync lookup can raise or deadlock in the event loop: it never runs there.
 
-    def sync_lookup(*args, **kwargs):
-        raise RuntimeError("sync connection lookup inside the event loop")
+    From Airflow 3.3.2 the trigger reads with ``aget_connection``; before, ``aget_connection`` masks
+    synchronously, so the sync lookup runs in a worker thread instead (``version_compat``).
+    """
+    import threading
+
+    from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+    from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_2_PLUS
+
+    loop_thread = threading.current_thread()
+    sync_original = ImageGenHook.get_connection.__func__  # type: ignore[attr-defined]
+    sync_lookups: list[str] = []
+
+    def sync_lookup(cls, conn_id):
+        if threading.current_thread() is loop_thread:
+            raise RuntimeError("sync connection lookup inside the event loop")
+        sync_lookups.append(conn_id)
+        return sync_original(cls, conn_id)
 
     async_lookups: list[str] = []
     original = ImageGenHook.aget_connection.__func__  # type: ignore[attr-defined]
@@ -148,7 +162,11 @@ def test_connection_is_read_with_the_async_api_once(emulator, imagegen_conn, mon
     payload = _run(ImageGenTrigger(imagegen_conn, _bodies("one", "two", "three"), max_concurrency=3))
 
     assert [o["status"] for o in payload["results"].values()] == ["success"] * 3
-    assert async_lookups == [imagegen_conn]  # read once per run, not once per prompt
+    # read once per run, not once per prompt
+    if AIRFLOW_V_3_3_2_PLUS:
+        assert (async_lookups, sync_lookups) == ([imagegen_conn], [])
+    else:
+        assert (async_lookups, sync_lookups) == ([], [imagegen_conn])
 
 
 # -- errors keep their class ---------------------------------------------------------------------
@@ -388,6 +406,9 @@ def test_is_a_complete_base_trigger():
     trigger = ImageGenTrigger("c", _bodies("a"))
     assert isinstance(trigger, BaseTrigger)
     assert not getattr(ImageGenTrigger, "__abstractmethods__", None)
-    assert trigger.supports_triggerer_queue is True
+    from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
+
+    if AIRFLOW_V_3_2_PLUS:  # trigger queues came with Airflow 3.2
+        assert trigger.supports_triggerer_queue is True
     assert getattr(trigger, "template_fields", ()) == ()  # nothing is rendered in the triggerer (3.3+)
     assert CLASSPATH in repr(trigger)
