@@ -1,8 +1,10 @@
 """Every way a call to the image API, or a copy of its images, can fail.
 
-The whole hierarchy, one place::
+The whole hierarchy, one place. The mark at the end of a line says whether Airflow retries the
+task for that error: ``[permanent]`` classes (``permanent = True``, set on the class) fail it at
+once with ``AirflowFailException``, ``[retried]`` ones leave it to the task's ``retries``::
 
-    ImageGenError (AirflowException)
+    ImageGenError (AirflowException)                any other failure                           [retried]
     ├── ImageGenValidationError (also ValueError)   bad input, caught before any network call  [permanent]
     ├── ImageGenAPIError                            the API answered with an HTTP error
     │   ├── ImageGenBadRequestError                 400 / 422: the API rejected the request    [permanent]
@@ -12,21 +14,27 @@ The whole hierarchy, one place::
     │   ├── ImageGenRateLimitError                  429 (keeps Retry-After)                    [retried]
     │   └── ImageGenServerError                     408, 409, 5xx                              [retried]
     ├── ImageGenConnectionError                     connect failure, reset, protocol error     [retried]
-    │   └── ImageGenTimeoutError                    connect timeout [retried]; read timeout: the request
-    │                                               was sent and may be billed [permanent, not retried]
+    │   └── ImageGenTimeoutError                    connect timeout [retried]; read timeout (``request_sent``):
+    │                                               the request was sent and may be billed [permanent]
     ├── ImageGenBadResponseError                    2xx whose body is not {"images": [URL, ...]}  [permanent]
     │   └── ImageGenNoImagesError                   2xx with an empty image list, or fewer than min_images
     ├── ImageGenDownloadError                       an image URL could not be fetched (cut short, too slow...)
     │   ├── ImageGenURLRefusedError                 the URL policy refused it (scheme, internal address) [permanent]
     │   ├── ImageGenURLExpiredError                 the image host answered 403 / 404 / 410: expired or refused
+    │   │   └── ImageGenPaidURLsExpiredError        ... URLs already paid for, after a failed download or a
+    │   │                                           second generation: not paying again         [permanent]
     │   └── ImageGenImageVerificationError          the bytes are not the image that was asked for  [permanent]
-    └── ImageGenStorageError                        S3 refused or lost an upload
-        │                                           [permanent for a missing bucket or denied access]
+    └── ImageGenStorageError                        S3 failed or lost an upload                  [retried]
+        ├── ImageGenPermanentStorageError           a missing bucket, denied access, arguments S3 refuses,
+        │                                           a record that cannot be read                [permanent]
         └── ImageGenWriteConflictError              another task wrote the same explicit prefix at once
 
-``retryable`` says whether the hook retries the call itself (with backoff); ``permanent`` says
-that retrying can never help, so the operator fails the task without Airflow retries (retries of
-such errors only cost money). Error texts never contain the API key.
+An unmarked class has its parent's mark. ``permanent`` says that retrying can never help (retries
+of such errors only cost money); ``retryable`` says whether the hook retries the call itself (with
+backoff). Two kinds of error decide per instance, both in this module: a timeout by its
+``request_sent``, and a plain ``ImageGenError`` standing for several prompts' failures (permanent
+only when every one of them is: :func:`several_failures`) or for a trigger event of a class this
+version does not know (:func:`error_from_event`). Error texts never contain the API key.
 
 Failures of other libraries are mapped onto this tree here and nowhere else:
 :func:`error_from_response` (an HTTP error status), :func:`error_from_transport` (httpx transport
@@ -43,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.exceptions import AirflowException
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import httpx
 
 __all__ = [
@@ -57,6 +67,8 @@ __all__ = [
     "ImageGenImageVerificationError",
     "ImageGenNoImagesError",
     "ImageGenNotFoundError",
+    "ImageGenPaidURLsExpiredError",
+    "ImageGenPermanentStorageError",
     "ImageGenRateLimitError",
     "ImageGenServerError",
     "ImageGenStorageError",
@@ -72,6 +84,7 @@ __all__ = [
     "event_from_error",
     "scrub",
     "scrub_header_value",
+    "several_failures",
 ]
 
 _MAX_MESSAGE_CHARS = 500
@@ -91,10 +104,12 @@ MAX_HEADER_VALUE_CHARS = 128
 
 
 class ImageGenError(AirflowException):
-    """Base class of every error raised by this provider."""
+    """Base class of every error raised by this provider; retried by Airflow unless a subclass says otherwise."""
 
     retryable: bool = False
+    """The hook retries the call itself, with backoff."""
     permanent: bool = False
+    """Retrying cannot help: the operator fails the task with ``AirflowFailException`` (no Airflow retry)."""
     answered: bool = False
     """The API answered the generation call with a 2xx: it was paid, whatever went wrong after."""
 
@@ -195,7 +210,31 @@ class ImageGenConnectionError(ImageGenError):
 
 
 class ImageGenTimeoutError(ImageGenConnectionError):
-    """A connect, read or total deadline was exceeded."""
+    """A connect, read or total deadline was exceeded.
+
+    A timeout before the request went out is retried, by the hook and by Airflow. One after it
+    went out (``request_sent``: a read timeout) is permanent and not retried at all: the API may
+    be generating, and billing, still, and a retry would pay again.
+
+    :param message: what timed out.
+    :param request_sent: the request was sent before the deadline passed.
+    """
+
+    request_sent: bool = False  # the class's answer for instances rebuilt without it
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]  # a class attribute elsewhere
+        """Retried by the hook only while the request had not gone out."""
+        return not self.request_sent
+
+    @property
+    def permanent(self) -> bool:  # type: ignore[override]  # a class attribute elsewhere
+        """Permanent once the request went out: it may have been billed."""
+        return self.request_sent
 
 
 class ImageGenBadResponseError(ImageGenError):
@@ -227,11 +266,24 @@ class ImageGenURLRefusedError(ImageGenDownloadError):
 
 
 class ImageGenURLExpiredError(ImageGenDownloadError):
-    """The image host answered 403, 404 or 410: the short-lived URL expired or was refused."""
+    """The image host answered 403, 404 or 410: the short-lived URL expired or was refused.
+
+    Retried: a later try generates new URLs once, when S3 (not the image host) failed meanwhile.
+    """
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
+
+
+class ImageGenPaidURLsExpiredError(ImageGenURLExpiredError):
+    """The URLs of images this task instance already paid for expired, and it will not pay again.
+
+    Permanent: an earlier try already failed downloading them, or they were paid for twice. Deleting
+    the prompt's ``_pending.json`` lets the task generate anew.
+    """
+
+    permanent = True
 
 
 class ImageGenImageVerificationError(ImageGenDownloadError):
@@ -245,11 +297,30 @@ class ImageGenImageVerificationError(ImageGenDownloadError):
 
 
 class ImageGenStorageError(ImageGenError):
-    """S3 refused, failed or lost an upload; nothing is left under the final key."""
+    """S3 failed or lost an upload, or a record; nothing is left under the final key. Retried.
+
+    ``ImageGenStorageError(message, permanent=True)``, the spelling of the versions before
+    :class:`ImageGenPermanentStorageError`, builds one of those: whether Airflow retries is the class's
+    to say.
+    """
+
+    def __new__(cls, *args: Any, permanent: bool = False, **kwargs: Any) -> ImageGenStorageError:
+        if permanent and not issubclass(cls, ImageGenPermanentStorageError):
+            cls = ImageGenPermanentStorageError
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+
+
+class ImageGenPermanentStorageError(ImageGenStorageError):
+    """S3 refused what a retry would ask again: a missing bucket, denied access or credentials, a KMS
+    key that is gone, arguments S3 rejects; or a record under the prefix that cannot be read.
+
+    Permanent: the bucket, the permissions, the arguments or the record must be fixed first.
+    """
+
+    permanent = True
 
 
 class ImageGenWriteConflictError(ImageGenStorageError):
@@ -393,13 +464,12 @@ def error_from_transport(
         return ImageGenDownloadError(f"Image download failed: {detail}")
     if isinstance(error, httpx.ReadTimeout):
         # the request went out: the API may be generating (and billing) still, and a retry would pay again
-        late = ImageGenTimeoutError(
+        return ImageGenTimeoutError(
             f"Timed out talking to the image API: no answer within the connection's read timeout ({detail}). "
             "The request was sent, so it may have been billed: not retried (raise the connection's timeout "
-            "if generations take longer)"
+            "if generations take longer)",
+            request_sent=True,
         )
-        late.retryable, late.permanent = False, True
-        return late
     if isinstance(error, httpx.TimeoutException):
         return ImageGenTimeoutError(f"Timed out talking to the image API: {detail}")
     return ImageGenConnectionError(f"Could not talk to the image API: {detail}")
@@ -438,7 +508,8 @@ def s3_error_code(error: BaseException) -> str:
 
 
 def error_from_s3(error: BaseException, bucket: str, key: str, *, action: str = "upload to") -> ImageGenStorageError:
-    """An S3 failure as :class:`ImageGenStorageError`, permanent when retrying cannot help.
+    """An S3 failure as :class:`ImageGenStorageError`, or :class:`ImageGenPermanentStorageError` when
+    retrying cannot help (the codes of ``_PERMANENT_S3_CODES``).
 
     :param error: what boto3 raised.
     :param bucket: the bucket.
@@ -447,22 +518,32 @@ def error_from_s3(error: BaseException, bucket: str, key: str, *, action: str = 
     """
     code = s3_error_code(error) or ("ParamValidationError" if type(error).__name__ == "ParamValidationError" else "")
     if code == "NoSuchBucket":
-        return ImageGenStorageError(
-            f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)", permanent=True
+        return ImageGenPermanentStorageError(
+            f"S3 bucket {bucket!r} does not exist (check s3_bucket and the AWS connection)"
         )
-    permanent = code in _PERMANENT_S3_CODES
-    hint = " (check the bucket name and the AWS connection's permissions)" if permanent else ""
-    return ImageGenStorageError(
-        f"S3 {action} s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}{hint}",
-        permanent=permanent,
-    )
+    message = f"S3 {action} s3://{bucket}/{key} failed: {code or type(error).__name__}: {error}"
+    if code in _PERMANENT_S3_CODES:
+        return ImageGenPermanentStorageError(f"{message} (check the bucket name and the AWS connection's permissions)")
+    return ImageGenStorageError(message)
 
 
-_EVENT_ATTRIBUTES = ("status_code", "request_id", "code", "retry_after")
+def several_failures(message: str, failures: Iterable[BaseException]) -> ImageGenError:
+    """One error for several prompts' failures: permanent only when every one of them is.
+
+    :param message: names every failed prompt.
+    :param failures: what each failed prompt raised.
+    """
+    error = ImageGenError(message)
+    error.permanent = all(getattr(failure, "permanent", False) for failure in failures)
+    return error
+
+
+_EVENT_ATTRIBUTES = ("status_code", "request_id", "code", "retry_after", "request_sent")
 
 
 def event_from_error(error: ImageGenError) -> dict[str, Any]:
-    """An error as a JSON-safe trigger event entry that keeps its class and whether it is permanent."""
+    """An error as a JSON-safe trigger event entry that keeps its class, the attributes its permanence
+    depends on, and (for a reader of the event) whether it is permanent."""
     entry: dict[str, Any] = {
         "status": "error",
         "error_class": type(error).__name__,
@@ -471,21 +552,22 @@ def event_from_error(error: ImageGenError) -> dict[str, Any]:
     }
     for name in _EVENT_ATTRIBUTES:
         value = error.__dict__.get(name)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, (str, int, float)):
             entry[name] = value
     return entry
 
 
 def error_from_event(outcome: dict[str, Any]) -> ImageGenError:
-    """Rebuild the error of an event entry as an instance of its original class (or the base class)."""
+    """Rebuild the error of an event entry as an instance of its original class, whose permanence it
+    has again; an unknown class becomes the base class, permanent as the event says."""
     cls = globals().get(str(outcome.get("error_class")))
     message = str(outcome.get("message") or "the trigger reported an error")
-    if isinstance(cls, type) and issubclass(cls, ImageGenError):
-        error = _rebuild(cls, message)
-        for name in _EVENT_ATTRIBUTES:
-            if name in outcome:
-                setattr(error, name, outcome[name])
-    else:
+    if not (isinstance(cls, type) and issubclass(cls, ImageGenError)):
         error = ImageGenError(message)
-    error.permanent = bool(outcome.get("permanent", error.permanent))
+        error.permanent = bool(outcome.get("permanent", False))
+        return error
+    error = _rebuild(cls, message)
+    for name in _EVENT_ATTRIBUTES:
+        if name in outcome:
+            setattr(error, name, outcome[name])
     return error

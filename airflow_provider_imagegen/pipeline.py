@@ -20,6 +20,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenDownloadError,
     ImageGenError,
     ImageGenNoImagesError,
+    ImageGenPaidURLsExpiredError,
     ImageGenURLExpiredError,
     ImageGenWriteConflictError,
     error_from_event,
@@ -29,6 +30,7 @@ from airflow_provider_imagegen.models import ImageGenerationResult, prompt_diges
 from airflow_provider_imagegen.records import Generation, Manifest, RecordStore, utcnow_iso
 from airflow_provider_imagegen.runner import Runner
 from airflow_provider_imagegen.transfer import Copier
+from airflow_provider_imagegen.version_compat import TaskDeferred
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -91,8 +93,8 @@ def open_pipeline(
     with runner:
         try:
             yield PromptPipeline(plan=plan, hook=hook, store=store, copier=copier, runner=runner, log=log, tally=tally)
-        except BaseException as error:
-            deferring = type(error).__name__ == "TaskDeferred"
+        except TaskDeferred:
+            deferring = True
             raise
         finally:
             store.drop_committed()
@@ -208,14 +210,12 @@ class PromptPipeline:
                 )
             raise
 
-    def _not_paying_again(self, job: PromptJob, error: ImageGenDownloadError) -> ImageGenDownloadError:
-        failure = ImageGenDownloadError(
+    def _not_paying_again(self, job: PromptJob, error: ImageGenDownloadError) -> ImageGenPaidURLsExpiredError:
+        return ImageGenPaidURLsExpiredError(
             f"Prompt {job.prompt_index}: the images this task instance paid for can no longer be downloaded "
             f"({error}), and an earlier try already failed on them or paid twice: not paying again. Delete "
             f"s3://{self.plan.bucket}/{job.prefix}/_pending.json to generate anew."
         )
-        failure.permanent = True
-        return failure
 
     def generate(self, job: PromptJob) -> ImageGenerationResult:
         """Call the API for ``job`` within a generation slot."""

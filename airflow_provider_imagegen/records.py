@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import (
     S3_MISSING_CODES,
+    ImageGenPermanentStorageError,
     ImageGenStorageError,
     ImageGenWriteConflictError,
     error_from_s3,
@@ -554,11 +555,10 @@ class RecordStore:
         except ValueError as error:
             raise self._unreadable(key, str(error)) from error
 
-    def _unreadable(self, key: str, why: str) -> ImageGenStorageError:
-        return ImageGenStorageError(
+    def _unreadable(self, key: str, why: str) -> ImageGenPermanentStorageError:
+        return ImageGenPermanentStorageError(
             f"s3://{self.bucket}/{key} exists but is not a record this provider can read ({why}); "
-            "delete it to produce the images again",
-            permanent=True,
+            "delete it to produce the images again"
         )
 
     def _write(

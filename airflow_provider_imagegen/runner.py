@@ -18,7 +18,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoo
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow_provider_imagegen.exceptions import ImageGenError
+from airflow_provider_imagegen.exceptions import several_failures
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -123,9 +123,7 @@ class Runner:
             f" ({skipped} not started: fail_fast)" if skipped else ""
         )
         self.log.error("%s:\n%s", summary, "\n".join(lines))
-        error = ImageGenError(f"{summary}: " + "; ".join(lines))
-        error.permanent = all(getattr(e, "permanent", False) for e in failures.values())
-        raise error
+        raise several_failures(f"{summary}: " + "; ".join(lines), failures.values())
 
     @contextmanager
     def generation_slot(self, turn: int | None = None) -> Iterator[None]:

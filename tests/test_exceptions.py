@@ -29,7 +29,9 @@ TREE = {
     ex.ImageGenImageVerificationError: ex.ImageGenDownloadError,
     ex.ImageGenURLRefusedError: ex.ImageGenDownloadError,
     ex.ImageGenURLExpiredError: ex.ImageGenDownloadError,
+    ex.ImageGenPaidURLsExpiredError: ex.ImageGenURLExpiredError,
     ex.ImageGenStorageError: ex.ImageGenError,
+    ex.ImageGenPermanentStorageError: ex.ImageGenStorageError,
 }
 
 
