@@ -1,5 +1,5 @@
 """The API contract as types: the allowed values, a validated request, a generation result, and
-the verified image it becomes in S3.
+the verified image it becomes in S3, with the one comparison of a stored object against it.
 
 Validation lives here, in one place, so that the hook, the operator (on rendered template
 values) and the trigger all reject bad input the same way before any network call. Stdlib only:
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SIZES: tuple[str, ...] = (
     "1024x1024",
@@ -157,7 +161,11 @@ class ImageGenerationResult:
 
 @dataclass(frozen=True)
 class CopiedImage:
-    """One image stored in S3 and verified; what XCom and the manifest record of it."""
+    """One image stored in S3 and verified; what XCom and the manifest record of it.
+
+    ``etag`` is the ETag S3 gave the object when it was verified ("" if none): the manifest records
+    it (``stored_etags``) so that a later try can tell an overwritten object; XCom does not carry it.
+    """
 
     index: int
     bucket: str
@@ -168,6 +176,7 @@ class CopiedImage:
     width: int
     height: int
     prompt_index: int = 0
+    etag: str = ""
 
     @property
     def s3_uri(self) -> str:
@@ -175,8 +184,10 @@ class CopiedImage:
         return f"s3://{self.bucket}/{self.key}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The small JSON-safe dict pushed to XCom (one per image)."""
-        return {"s3_uri": self.s3_uri, **asdict(self)}
+        """The small JSON-safe dict pushed to XCom (one per image), and listed in the manifest."""
+        values = asdict(self)
+        del values["etag"]
+        return {"s3_uri": self.s3_uri, **values}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CopiedImage:
@@ -189,22 +200,113 @@ def prompt_digest(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
-def full_object_sha256(head: dict[str, Any]) -> str | None:
-    """The object's SHA-256 (hex) from a ``HeadObject`` answer, when S3 kept one of the whole object.
+# server-side encryption whose ETag is not the MD5 of the body
+_ETAG_NOT_MD5 = ("aws:kms", "aws:kms:dsse")
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")  # a body's MD5, or a multipart upload's MD5 of MD5s and parts
+
+
+def etag_of(answer: Mapping[str, Any]) -> str:
+    """The ETag of an S3 answer (``PutObject``, ``HeadObject``) as it is compared and recorded:
+    without its quotes, lower case; "" when there is none."""
+    return str(answer.get("ETag") or "").strip('"').lower()
+
+
+def etag_is_md5(upload_args: Mapping[str, Any], answer: Mapping[str, Any] | None = None) -> bool:
+    """Whether a stored object's ETag is the MD5 of its bytes: not under SSE-KMS or SSE-C.
+
+    Both what was asked (``upload_args``) and what the store says it did (``answer``: a bucket
+    whose default encryption is SSE-KMS encrypts objects uploaded without asking) are looked at.
+
+    :param upload_args: the upload's ExtraArgs.
+    :param answer: the ``PutObject`` or ``HeadObject`` answer.
+    """
+    for source in (upload_args, answer or {}):
+        if source.get("ServerSideEncryption") in _ETAG_NOT_MD5 or source.get("SSECustomerAlgorithm"):
+            return False
+    return True
+
+
+def full_object_sha256(answer: Mapping[str, Any]) -> str | None:
+    """The object's SHA-256 (hex) from an S3 answer, when S3 kept one of the whole object.
 
     A multipart upload's checksum is usually a checksum of the parts' checksums (``COMPOSITE``;
     real S3 adds ``-<parts>``, moto does not), which says nothing comparable: None then.
 
-    :param head: the ``head_object(..., ChecksumMode="ENABLED")`` response.
+    :param answer: a ``PutObject`` answer, or a ``head_object(..., ChecksumMode="ENABLED")`` one.
     """
-    stored = head.get("ChecksumSHA256")
+    stored = answer.get("ChecksumSHA256")
     if not stored or "-" in stored:
         return None
-    checksum_type = head.get("ChecksumType")
-    multipart = "-" in str(head.get("ETag", ""))
+    checksum_type = answer.get("ChecksumType")
+    multipart = "-" in str(answer.get("ETag", ""))
     if checksum_type == "COMPOSITE" or (checksum_type is None and multipart):
         return None
     return base64.b64decode(stored).hex()
+
+
+def stored_object_differences(
+    answer: Mapping[str, Any],
+    *,
+    size: int,
+    sha256: str,
+    etag: str = "",
+    md5_etag: str | None = None,
+    composite_sha256: str | None = None,
+    upload_args: Mapping[str, Any] | None = None,
+) -> tuple[list[str], bool]:
+    """How a stored object, as S3 describes it, differs from the image that was verified.
+
+    The one answer to "is this object the one we verified?": right after an upload (the
+    ``PutObject`` answer, or a ``HeadObject`` after a multipart upload) and before a later try
+    reuses the object (a ``HeadObject``). Compared, wherever both sides have it:
+
+    * the size (a ``HeadObject``'s ``ContentLength``);
+    * the whole-object SHA-256 S3 kept, or else a multipart upload's composite one
+      (``composite_sha256``: base64 SHA-256 of the parts' SHA-256s);
+    * the ETag S3 gave the object when it was verified (``etag``): an overwritten object has a new one;
+    * the ETag computed while streaming (``md5_etag``: the body's MD5, or a multipart upload's MD5
+      of the parts' MD5s with ``-N``), when S3's ETag has that form and is an MD5 at all (not under
+      SSE-KMS or SSE-C, whether asked in ``upload_args`` or applied by the bucket).
+
+    :param answer: what S3 said of the object.
+    :param size: the verified image's bytes.
+    :param sha256: their SHA-256 (hex).
+    :param etag: the ETag recorded when the object was verified ("" if none).
+    :param md5_etag: the ETag computed from the bytes sent.
+    :param composite_sha256: the composite checksum computed from the parts sent.
+    :param upload_args: the upload's ExtraArgs (encryption decides what the ETag is).
+    :return: the differences (none: it is the same object), and whether the bytes themselves were
+        compared (a checksum or an ETag); when not, only reading the object back can tell.
+    """
+    problems: list[str] = []
+    stored_size = answer.get("ContentLength", size)
+    if stored_size != size:
+        problems.append(f"size {stored_size} != {size}")
+    compared = False
+    stored_sha256 = full_object_sha256(answer)
+    if stored_sha256 is not None:
+        compared = True
+        if stored_sha256 != sha256:
+            problems.append(f"stored SHA-256 {answer['ChecksumSHA256']}, not the one sent")
+    elif composite_sha256 and answer.get("ChecksumSHA256"):
+        compared = True
+        if str(answer["ChecksumSHA256"]).split("-")[0] != composite_sha256:
+            problems.append(f"stored composite SHA-256 {answer['ChecksumSHA256']}, not the one sent")
+    stored_etag = etag_of(answer)
+    if etag and stored_etag:
+        compared = True
+        if stored_etag != etag:
+            problems.append(f"ETag {stored_etag} is not the {etag} recorded")
+    elif md5_etag and _same_md5_form(stored_etag, md5_etag) and etag_is_md5(upload_args or {}, answer):
+        compared = True
+        if stored_etag != md5_etag:
+            problems.append(f"ETag {stored_etag} is not the MD5 {md5_etag} of the bytes sent")
+    return problems, compared
+
+
+def _same_md5_form(stored_etag: str, md5_etag: str) -> bool:
+    """Both a plain MD5, or both a multipart upload's ``MD5-N``."""
+    return bool(_MD5_ETAG.fullmatch(stored_etag)) and ("-" in stored_etag) == ("-" in md5_etag)
 
 
 class TaskLog(Protocol):

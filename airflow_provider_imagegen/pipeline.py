@@ -83,7 +83,6 @@ def open_pipeline(
         upload_args=plan.upload_args,
         metadata=plan.object_metadata,
         transfer_config=transfer_config,
-        on_stored=store.note_stored,
     )
     runner = Runner(
         max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,12 @@ from airflow_provider_imagegen.exceptions import (
     error_from_s3,
     s3_error_code,
 )
-from airflow_provider_imagegen.models import CopiedImage, ImageGenerationRequest, full_object_sha256, prompt_digest
+from airflow_provider_imagegen.models import (
+    CopiedImage,
+    ImageGenerationRequest,
+    prompt_digest,
+    stored_object_differences,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -160,7 +165,6 @@ class Manifest:
     completed_at: str = ""
     status: str = "complete"
     schema_version: int = SCHEMA_VERSION
-    etags: dict[str, str] = field(default_factory=dict)  # key → the ETag the store gave the verified object
     cost: dict[str, Any] | None = None  # the generation's figures (metrics.prompt_cost); None in old manifests
 
     @classmethod
@@ -198,7 +202,12 @@ class Manifest:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The stored JSON object (its field names are documented in the README)."""
+        """The stored JSON object (its field names are documented in the README).
+
+        Each image is listed as in XCom; the ETag S3 gave each verified object is under
+        ``stored_etags`` (key → ETag), for a later try to compare.
+        """
+        etags = {image.key: image.etag for image in self.images if image.etag}
         return {
             "schema_version": self.schema_version,
             "status": self.status,
@@ -215,7 +224,7 @@ class Manifest:
             "api_request_id": self.generation.request_id,
             "completed_at": self.completed_at,
             "images": [image.to_dict() for image in self.images],
-            **({"stored_etags": dict(self.etags)} if self.etags else {}),
+            **({"stored_etags": etags} if etags else {}),
             **({"cost": dict(self.cost)} if self.cost is not None else {}),
         }
 
@@ -225,7 +234,11 @@ class Manifest:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         try:
-            images = tuple(CopiedImage.from_dict(item) for item in data.get("images") or ())
+            etags = {str(k): str(v) for k, v in (data.get("stored_etags") or {}).items()}
+            images = tuple(
+                replace(image, etag=etags.get(image.key, ""))
+                for image in (CopiedImage.from_dict(item) for item in data.get("images") or ())
+            )
             seconds = data.get("generation_seconds")
             return cls(
                 task=dict(data.get("task") or {}),
@@ -244,7 +257,6 @@ class Manifest:
                 completed_at=str(data.get("completed_at") or ""),
                 status=str(data.get("status", "")),
                 schema_version=int(data.get("schema_version") or 0),
-                etags={str(k): str(v) for k, v in (data.get("stored_etags") or {}).items()},
                 cost=dict(data["cost"]) if isinstance(data.get("cost"), dict) else None,
             )
         except (KeyError, TypeError, AttributeError) as error:
@@ -271,7 +283,6 @@ class RecordStore:
         self._put_args = {k: v for k, v in upload_args.items() if k in _RECORD_PUT_ARGS}
         self._present: dict[str, frozenset[str]] | None = None  # None: unknown (listing denied or not done)
         self._committed: list[str] = []  # list.append is atomic: the copy threads commit concurrently
-        self._etags: dict[str, str] = {}  # key → ETag of the objects copied and verified in this try
         self._task_prefix: str | None = None  # what survey listed
 
     # -- what earlier tries left -------------------------------------------------------------------
@@ -406,15 +417,15 @@ class RecordStore:
             return None
         if any(image.bucket != self.bucket or not image.key.startswith(job.prefix + "/") for image in manifest.images):
             return None
-        if not all(self._still_stored(image, manifest.etags.get(image.key)) for image in manifest.images):
+        if not all(self._still_stored(image) for image in manifest.images):
             return None
         return list(manifest.images)
 
-    def _still_stored(self, image: CopiedImage, etag: str | None = None) -> bool:
+    def _still_stored(self, image: CopiedImage) -> bool:
         """Whether the object exists as it was verified: its size, and whatever the store offers to compare.
 
         The whole-object SHA-256 when S3 kept one; the ETag the store gave the verified object
-        (recorded in the manifest), which changes when the object is overwritten.
+        (``image.etag``, recorded in the manifest), which changes when the object is overwritten.
         """
         try:
             head = self.s3_client.head_object(Bucket=image.bucket, Key=image.key, ChecksumMode="ENABLED")
@@ -422,22 +433,8 @@ class RecordStore:
             if s3_error_code(error) in S3_MISSING_CODES:
                 return False
             raise error_from_s3(error, image.bucket, image.key, action="check of") from error
-        if head.get("ContentLength") != image.size_bytes:
-            return False
-        stored = full_object_sha256(head)
-        if stored is not None and stored != image.sha256:
-            return False
-        current = str(head.get("ETag") or "").strip('"').lower()
-        return not (etag and current and current != etag)
-
-    def note_stored(self, key: str, etag: str) -> None:
-        """Remember the ETag of an object just stored and verified; :meth:`commit` records it.
-
-        :param key: the object's key.
-        :param etag: the ETag the store gave it.
-        """
-        if etag:
-            self._etags[key] = etag
+        differences, _ = stored_object_differences(head, size=image.size_bytes, sha256=image.sha256, etag=image.etag)
+        return not differences
 
     # -- this try's records ------------------------------------------------------------------------
 
@@ -482,11 +479,8 @@ class RecordStore:
             (``If-None-Match``): a second writer makes this try fail loudly instead of leaving a
             manifest that vouches for another task's bytes.
         """
-        etags = {image.key: self._etags[image.key] for image in manifest.images if image.key in self._etags}
-        if etags and not manifest.etags:
-            manifest = replace(manifest, etags=etags)
         if shared:
-            changed = [image for image in manifest.images if not self._still_stored(image, etags.get(image.key))]
+            changed = [image for image in manifest.images if not self._still_stored(image)]
             if changed:
                 raise ImageGenWriteConflictError(
                     f"Another writer changed {changed[0].s3_uri} while this task was copying to the shared prefix "

@@ -11,22 +11,25 @@ multipart part, and checks that the body ends with the format's end marker (PNG 
 * An image that ends within one part (the multipart threshold, 5 MiB by default: every
   1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading.
   A store that checks it refuses a mismatch (``BadDigest``) and answers with the checksum it
-  stored, which must be the one sent. A store that ignores checksums answers without one: then
-  the ETag, the body's MD5 on S3-compatible stores, must equal the MD5 computed while reading;
-  when the ETag is not an MD5 (SSE-KMS, SSE-C) or differs, the object is read back (streamed)
-  and hashed. Nothing is taken on trust: a mismatch deletes the object and fails.
+  stored, which must be the one sent. The answer's ETag, the body's MD5 on S3-compatible stores,
+  must equal the MD5 computed while reading. When the answer has neither a checksum nor an MD5
+  ETag (SSE-KMS, SSE-C), the object is read back (streamed) and hashed.
 * A bigger image streams through boto3's ``upload_fileobj`` as a multipart upload (each part
   with its SHA-256, which a checking store verifies); a ``HeadObject`` afterwards compares the
   size, the whole-object SHA-256 or the composite one (SHA-256 of the parts' SHA-256s, ``-N``),
   and the composite ETag (MD5 of the parts' MD5s, ``-N``). When none of these can be compared,
-  the object is read back and hashed. A mismatch deletes the object and fails.
+  the object is read back and hashed.
+
+Both compare with :func:`~airflow_provider_imagegen.models.stored_object_differences`, as a later
+try does before it reuses the object. Nothing is taken on trust: a mismatch deletes the object and
+fails. The ETag of the verified object travels on the returned
+:class:`~airflow_provider_imagegen.models.CopiedImage` into the manifest.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagegen.exceptions import (
@@ -37,7 +40,7 @@ from airflow_provider_imagegen.exceptions import (
     error_from_s3,
 )
 from airflow_provider_imagegen.image_format import TAIL_BYTES, ends_whole, read_dimensions, sniff_format
-from airflow_provider_imagegen.models import CopiedImage, full_object_sha256
+from airflow_provider_imagegen.models import CopiedImage, etag_of, stored_object_differences
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -50,9 +53,6 @@ SINGLE_PUT_LIMIT = 8 * 1024 * 1024  # boto3's default multipart threshold, when 
 PART_SIZE = 8 * 1024 * 1024  # boto3's default part size
 _MIN_PART, _MAX_PART = 5 * 1024 * 1024, 5 * 1024**3  # what s3transfer clamps the part size to
 _READ_BACK_CHUNK = 1024 * 1024
-# server-side encryption whose ETag is not the MD5 of the body
-_ETAG_NOT_MD5 = ("aws:kms", "aws:kms:dsse")
-_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 
 
@@ -132,6 +132,13 @@ class VerifyingReader:
     def finished(self) -> bool:
         """Whether the whole body was read and passed every check."""
         return self._complete
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """(width, height) of a body read to its end (its final checks read them, or refuse it)."""
+        if not self._complete or self.dimensions is None:
+            raise RuntimeError("The image's pixel size is known only once its body was read to the end")
+        return self.dimensions
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all if negative); b"" at the end, after the final checks."""
@@ -233,25 +240,6 @@ def check_content_type(declared: str, expected: str) -> None:
         raise ImageGenImageVerificationError(f"Image URL served Content-Type {declared!r}, expected {expected!r}")
 
 
-def etag_is_md5(upload_args: dict[str, Any], response: dict[str, Any] | None = None) -> bool:
-    """Whether a stored object's ETag is the MD5 of its bytes: not under SSE-KMS or SSE-C.
-
-    Both what was asked (``upload_args``) and what the store says it did (``response``: a bucket
-    whose default encryption is SSE-KMS encrypts objects uploaded without asking) are looked at.
-
-    :param upload_args: the upload's ExtraArgs.
-    :param response: the ``PutObject`` or ``HeadObject`` answer.
-    """
-    for source in (upload_args, response or {}):
-        if source.get("ServerSideEncryption") in _ETAG_NOT_MD5 or source.get("SSECustomerAlgorithm"):
-            return False
-    return True
-
-
-def _etag(response: dict[str, Any]) -> str:
-    return str(response.get("ETag") or "").strip('"').lower()
-
-
 def read_back_sha256(s3_client: Any, bucket: str, key: str, *, extra: dict[str, Any] | None = None) -> tuple[int, str]:
     """Stream an object back (1 MiB at a time) and return its size and sha256 (hex).
 
@@ -278,7 +266,7 @@ def _read_back_args(args: dict[str, Any]) -> dict[str, Any]:
 
 def _reject(s3_client: Any, bucket: str, key: str, problems: list[str]) -> ImageGenStorageError:
     s3_client.delete_object(Bucket=bucket, Key=key)
-    return ImageGenStorageError(f"s3://{bucket}/{key} failed verification ({', '.join(problems)}); deleted")
+    return ImageGenStorageError(f"s3://{bucket}/{key} failed verification: {', '.join(problems)}; deleted")
 
 
 def verify_stored_object(
@@ -288,54 +276,43 @@ def verify_stored_object(
     size: int,
     sha256_hex: str,
     *,
+    answer: dict[str, Any] | None = None,
+    md5_etag: str | None = None,
     composite_sha256: str | None = None,
-    composite_etag: str | None = None,
     upload_args: dict[str, Any] | None = None,
 ) -> str:
-    """HEAD the object and compare all that the store offers; read it back when it offers nothing.
+    """Check an object just written against the bytes sent; on any difference delete it and raise.
 
-    Compared: the size; the whole-object SHA-256 or the composite one (``composite_sha256``);
-    the composite ETag (unless SSE-KMS/SSE-C make the ETag something else). When neither a
-    checksum nor an ETag could be compared, the object is streamed back and its sha256 compared.
-    On a mismatch the object is deleted and :class:`ImageGenStorageError` raised.
+    What S3 said of it (``answer``, the ``PutObject`` answer; without one, a ``HeadObject`` is
+    made) is compared by :func:`~airflow_provider_imagegen.models.stored_object_differences`. When
+    that could compare nothing but the size (a store that keeps no checksum and gives no MD5 ETag:
+    SSE-KMS, SSE-C), the object is streamed back and its sha256 compared. A difference deletes the
+    object and raises :class:`ImageGenStorageError`.
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
     :param key: the key just written.
     :param size: the bytes streamed.
     :param sha256_hex: their sha256.
+    :param answer: the ``PutObject`` answer, if the object went up in one.
+    :param md5_etag: the ETag computed while streaming: the MD5, or the MD5 of the parts' MD5s with ``-N``.
     :param composite_sha256: base64 SHA-256 of the parts' SHA-256s (multipart), if known.
-    :param composite_etag: MD5 of the parts' MD5s with ``-N`` (multipart), if known.
     :param upload_args: the upload's ExtraArgs (encryption decides what the ETag is).
-    :return: the stored object's ETag.
+    :return: the stored object's ETag, for the manifest.
     """
     args = upload_args or {}
-    head = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **_read_back_args(args))
-    etag = _etag(head)
-    problems = []
-    if head.get("ContentLength") != size:
-        problems.append(f"size {head.get('ContentLength')} != {size}")
-    compared = False
-    stored = full_object_sha256(head)
-    if stored is not None:
-        compared = True
-        if stored != sha256_hex:
-            problems.append("sha256 mismatch")
-    elif head.get("ChecksumSHA256") and composite_sha256:
-        compared = True
-        if str(head["ChecksumSHA256"]).split("-")[0] != composite_sha256:
-            problems.append("composite sha256 mismatch")
-    if composite_etag and "-" in etag and etag_is_md5(args, head):
-        compared = True
-        if etag != composite_etag:
-            problems.append(f"ETag {etag} != {composite_etag}")
-    if not problems and not compared:
-        stored_size, stored_sha256 = read_back_sha256(s3_client, bucket, key, extra=_read_back_args(args))
-        if (stored_size, stored_sha256) != (size, sha256_hex):
-            problems.append("the bytes read back differ from the bytes sent")
+    if answer is None:
+        answer = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **_read_back_args(args))
+    problems, compared = stored_object_differences(
+        answer, size=size, sha256=sha256_hex, md5_etag=md5_etag, composite_sha256=composite_sha256, upload_args=args
+    )
+    # only the size could be compared: the object itself is read back and hashed
+    stored = None if problems or compared else read_back_sha256(s3_client, bucket, key, extra=_read_back_args(args))
+    if stored is not None and stored != (size, sha256_hex):
+        problems.append("the bytes read back differ from the bytes sent")
     if problems:
         raise _reject(s3_client, bucket, key, problems)
-    return etag
+    return etag_of(answer)
 
 
 class Copier:
@@ -347,9 +324,6 @@ class Copier:
     :param upload_args: further ``PutObject``/``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
     :param metadata: object metadata of each job's images (ASCII values).
     :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size).
-    :param on_stored: called with ``(key, etag)`` for each object stored and verified (the record
-        store's :meth:`~airflow_provider_imagegen.records.RecordStore.note_stored`, so that a later
-        try's reuse compares the ETag too).
     """
 
     def __init__(
@@ -361,7 +335,6 @@ class Copier:
         upload_args: dict[str, Any],
         metadata: Callable[[PromptJob], dict[str, str]],
         transfer_config: Any = None,
-        on_stored: Callable[[str, str], None] | None = None,
     ) -> None:
         self.hook = hook
         self.s3_client = s3_client
@@ -372,7 +345,6 @@ class Copier:
         self.single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
         chunk = getattr(transfer_config, "multipart_chunksize", None) or PART_SIZE
         self.part_size = min(max(chunk, _MIN_PART), _MAX_PART)  # as s3transfer adjusts it
-        self.on_stored = on_stored
 
     def copy(self, url: str, key: str, index: int, job: PromptJob) -> CopiedImage:
         """Stream ``url`` into ``s3://{bucket}/{key}``, verified; raise (leaving no object) if anything is off.
@@ -381,6 +353,7 @@ class Copier:
         :param key: destination key.
         :param index: the image's index within its prompt.
         :param job: the prompt it answers (format, pixel size, content type).
+        :return: the image, with the ETag S3 gave it.
         """
         request = job.request
         upload_args = {
@@ -393,28 +366,8 @@ class Copier:
             reader = VerifyingReader(
                 image.iter_bytes(), request.output_format, request.dimensions, part_size=self.part_size
             )
-            try:
-                body = reader.read_whole(self.single_put_limit)
-                if body is not None:
-                    etag = put_verified(
-                        self.s3_client, self.bucket, key, body, reader.sha256, upload_args, md5_hex=reader.md5
-                    )
-                else:
-                    upload_args["ChecksumAlgorithm"] = "SHA256"
-                    self.s3_client.upload_fileobj(
-                        reader, self.bucket, key, ExtraArgs=upload_args, Config=self.transfer_config
-                    )
-            except ImageGenError:
-                raise
-            except Exception as error:
-                raise error_from_s3(error, self.bucket, key) from error
-        if body is None:
-            etag = _verify_multipart(self.s3_client, reader, self.bucket, key, upload_args)
-        if self.on_stored is not None:
-            self.on_stored(key, etag)
-        if reader.dimensions is None:  # not reached: the reader's final checks raise first
-            raise ImageGenImageVerificationError("Could not read the image's pixel size")
-        width, height = reader.dimensions
+            etag = self._store(reader, key, upload_args)
+        width, height = reader.pixel_size
         return CopiedImage(
             index=index,
             bucket=self.bucket,
@@ -425,7 +378,36 @@ class Copier:
             width=width,
             height=height,
             prompt_index=job.prompt_index,
+            etag=etag,
         )
+
+    def _store(self, reader: VerifyingReader, key: str, upload_args: dict[str, Any]) -> str:
+        """Upload the reader's body to ``key`` and verify it: one ``PutObject`` when it fits, else a
+        multipart upload. Returns the stored object's ETag."""
+        try:
+            body = reader.read_whole(self.single_put_limit)
+            if body is not None:
+                return put_verified(
+                    self.s3_client, self.bucket, key, body, reader.sha256, upload_args, md5_hex=reader.md5
+                )
+            upload_args["ChecksumAlgorithm"] = "SHA256"
+            self.s3_client.upload_fileobj(reader, self.bucket, key, ExtraArgs=upload_args, Config=self.transfer_config)
+            if not reader.finished:  # boto3 stopped reading early: the image's final checks did not run
+                raise _reject(self.s3_client, self.bucket, key, ["the upload ended before the image did"])
+            return verify_stored_object(
+                self.s3_client,
+                self.bucket,
+                key,
+                reader.size,
+                reader.sha256,
+                md5_etag=reader.composite_etag(),
+                composite_sha256=reader.composite_sha256(),
+                upload_args=upload_args,
+            )
+        except ImageGenError:
+            raise
+        except Exception as error:
+            raise error_from_s3(error, self.bucket, key) from error
 
 
 def put_verified(
@@ -442,8 +424,8 @@ def put_verified(
 
     A store that checks ``ChecksumSHA256`` refuses a mismatch (``BadDigest``) and answers with
     the checksum it stored, which must be the one sent. A store that answers without one is
-    checked by its ETag (the body's MD5, unless SSE-KMS/SSE-C), else by reading the object back.
-    A mismatch deletes the object and raises :class:`ImageGenStorageError`.
+    checked by its ETag (the body's MD5, unless SSE-KMS/SSE-C), else by reading the object back
+    (:func:`verify_stored_object`). A mismatch deletes the object and raises :class:`ImageGenStorageError`.
 
     :param s3_client: a boto3 S3 client.
     :param bucket: the bucket.
@@ -455,46 +437,16 @@ def put_verified(
     :return: the stored object's ETag.
     """
     checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
-    response = s3_client.put_object(
+    answer = s3_client.put_object(
         Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum, **args
     )
-    etag = _etag(response)
-    stored = response.get("ChecksumSHA256")
-    if stored is not None:  # the store kept a checksum: it must be the one sent
-        if stored != checksum:
-            s3_client.delete_object(Bucket=bucket, Key=key)
-            raise ImageGenStorageError(f"s3://{bucket}/{key} stored SHA-256 {stored}, not the one sent; deleted")
-        return etag
-    md5_hex = md5_hex or hashlib.md5(body, usedforsecurity=False).hexdigest()
-    if etag_is_md5(args, response) and _MD5_HEX.fullmatch(etag):
-        if etag != md5_hex:  # the store received other bytes than were sent
-            raise _reject(s3_client, bucket, key, [f"ETag {etag} is not the MD5 {md5_hex} of the bytes sent"])
-        return etag
-    # no checksum and no MD5 to compare: read the object back
-    stored_size, stored_sha256 = read_back_sha256(s3_client, bucket, key, extra=_read_back_args(args))
-    if (stored_size, stored_sha256) != (len(body), sha256_hex):
-        raise _reject(s3_client, bucket, key, ["the bytes read back differ from the bytes sent"])
-    return etag
-
-
-def _verify_multipart(
-    s3_client: Any, reader: VerifyingReader, bucket: str, key: str, upload_args: dict[str, Any]
-) -> str:
-    try:
-        if not reader.finished:  # boto3 stopped reading early
-            s3_client.delete_object(Bucket=bucket, Key=key)
-            raise ImageGenStorageError(f"s3://{bucket}/{key}: the upload ended before the image did; deleted")
-        return verify_stored_object(
-            s3_client,
-            bucket,
-            key,
-            reader.size,
-            reader.sha256,
-            composite_sha256=reader.composite_sha256(),
-            composite_etag=reader.composite_etag(),
-            upload_args=upload_args,
-        )
-    except ImageGenError:
-        raise
-    except Exception as error:
-        raise error_from_s3(error, bucket, key) from error
+    return verify_stored_object(
+        s3_client,
+        bucket,
+        key,
+        len(body),
+        sha256_hex,
+        answer=answer,
+        md5_etag=md5_hex or hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        upload_args=args,
+    )

@@ -179,7 +179,7 @@ def test_without_checksums_a_byte_flipped_in_transit_is_caught(
 
 @pytest.mark.parametrize("note_etags", [True, False], ids=["ETag recorded", "no ETag recorded"])
 def test_reuse_compares_the_recorded_etag_when_the_store_keeps_no_checksum(weed_bucket, proxied, note_etags):
-    """The record store and copier as the pipeline joins them (``Copier(on_stored=store.note_stored)``)."""
+    """The record store and copier as the pipeline joins them: the ETag travels on the image into the manifest."""
     import hashlib
     import logging
 
@@ -195,9 +195,8 @@ def test_reuse_compares_the_recorded_etag_when_the_store_keeps_no_checksum(weed_
     sha256 = hashlib.sha256(body).hexdigest()
     etag = put_verified(client, weed_bucket, job.image_key(0), body, sha256, {})
     assert etag == hashlib.md5(body, usedforsecurity=False).hexdigest()  # verified by the ETag: no checksum came back
-    if note_etags:
-        store.note_stored(job.image_key(0), etag)
-    image = CopiedImage(0, weed_bucket, job.image_key(0), "image/png", len(body), sha256, 1, 1)
+    recorded = etag if note_etags else ""
+    image = CopiedImage(0, weed_bucket, job.image_key(0), "image/png", len(body), sha256, 1, 1, etag=recorded)
     manifest = Manifest.build(request=job.request, images=[image], endpoint="e", task={}, generation=Generation())
     store.commit(job, manifest)
     assert RecordStore(client, weed_bucket, upload_args={}, log=logging.getLogger(__name__)).reuse(job) == [image]
