@@ -100,15 +100,15 @@ def ui_field_behaviour() -> dict[str, Any]:
 def connection_form_widgets() -> dict[str, Any]:
     """:data:`CONN_FIELDS` as the wtforms fields Airflow 3.1 takes from ``get_connection_form_widgets``.
 
-    Airflow 3.1 accepts only string, integer, password and boolean fields; a ``number`` is a
-    string field there (the hook parses numbers from strings too).
+    Airflow 3.1 accepts only string, integer, password and boolean fields: a ``number`` is an
+    integer field there (whole seconds in the form; the hook still reads fractions from ``extra``).
     """
     from wtforms import IntegerField, StringField
 
     widgets: dict[str, Any] = {}
     for name, field in CONN_FIELDS.items():
         types = field["schema"]["type"]
-        field_class = IntegerField if "integer" in types else StringField
+        field_class = IntegerField if {"integer", "number"} & set(types) else StringField
         default = field["schema"].get("default")
         widgets[name] = field_class(
             field["label"],

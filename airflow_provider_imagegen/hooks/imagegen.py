@@ -361,6 +361,12 @@ class ImageGenHook(BaseHook):
             settings = self.settings
         except ImageGenError as error:
             return False, str(error)
+        if settings.api_key == MASKED_SECRET:
+            return False, (
+                "The API key reached the test masked ('***'), so it was not sent: Airflow 3.1's Connections "
+                "list tests a saved connection with its password as the list shows it. Airflow 3.2+ tests "
+                "the stored key; on 3.1, run a task to check the key."
+            )
         try:
             with (
                 httpx.Client(
@@ -384,6 +390,9 @@ class ImageGenHook(BaseHook):
             return False, scrub(f"Could not send the test request: {type(error).__name__}: {error}", settings.api_key)
         return False, f"{settings.public_url} accepted an invalid request; is this the GPT Image 2 endpoint?"
 
+
+MASKED_SECRET = "***"  # noqa: S105 (the mask, not a secret)
+"""What Airflow's secrets masker shows in place of a password (and what Airflow 3.1's UI tests with)."""
 
 # conn_id -> the lookup in flight, per event loop: a burst of triggers shares one read
 _reads_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task[Any]]] = (

@@ -179,6 +179,17 @@ def test_auth_is_checked_before_validation(emulator, monkeypatch):
     assert _statuses(emulator, [401]) == [401]
 
 
+def test_a_masked_key_is_never_sent(emulator, monkeypatch):
+    """Airflow 3.1's Connections list tests a saved connection with the password masked as ``***``."""
+    conn = json.loads(emulator.connection_json())
+    conn["password"] = "***"
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGEGEN_DEFAULT", json.dumps(conn))
+    ok, message = ImageGenHook().test_connection()
+    assert ok is False
+    assert "masked" in message
+    assert emulator.state.generation_calls() == []
+
+
 def test_test_connection_against_the_emulator(emulator, hook):
     images_before = len(emulator.state.images)
     ok, message = hook.test_connection()
