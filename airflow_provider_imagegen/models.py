@@ -12,7 +12,7 @@ import base64
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
 
@@ -69,7 +69,11 @@ def _check_int_range(name: str, value: Any, low: int, high: int) -> None:
 
 @dataclass(frozen=True)
 class ImageGenerationRequest:
-    """One validated call of the text-to-image endpoint (construct with :meth:`build`)."""
+    """One validated call of the text-to-image endpoint (construct with :meth:`build`).
+
+    Its field defaults are the request's defaults everywhere: the operator, the hook's methods and
+    ``@task.imagegen`` read them from here (``ImageGenerationRequest.size``...).
+    """
 
     prompt: str
     n: int = 1
@@ -105,7 +109,7 @@ class ImageGenerationRequest:
     @classmethod
     def build(cls, prompt: Any, **params: Any) -> ImageGenerationRequest:
         """Validate and build a request; unknown parameter names are rejected by name."""
-        unknown = sorted(set(params) - {f for f in cls.__dataclass_fields__ if f != "prompt"})
+        unknown = sorted(set(params) - set(REQUEST_PARAMETERS))
         if unknown:
             raise ImageGenValidationError(unknown[0], params[unknown[0]], "a parameter of the API contract")
         return cls(prompt=prompt, **params)
@@ -134,6 +138,24 @@ class ImageGenerationRequest:
     def file_extension(self) -> str:
         """File extension of the stored objects (``png`` or ``jpg``)."""
         return FILE_EXTENSIONS[self.output_format]
+
+
+REQUEST_PARAMETERS: tuple[str, ...] = tuple(
+    name for name in ImageGenerationRequest.__dataclass_fields__ if name != "prompt"
+)
+"""The request's parameters besides the prompt: ``n``, ``size``, ``quality``..."""
+
+
+class RequestParameters(TypedDict, total=False):
+    """:data:`REQUEST_PARAMETERS` as keyword arguments; one left out takes :class:`ImageGenerationRequest`'s default."""
+
+    n: int
+    size: str
+    quality: str
+    background: str
+    moderation: str
+    output_format: str
+    output_compression: int | None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
 DEFAULT_MAX_IMAGES = 100
+"""The spending guard's default: the most images (prompts x ``n``) one task instance may ask for."""
 # the longest name put under a prompt's prefix: "/_pending.json" (images are "/NN.png")
 _LONGEST_NAME = "/_pending.json"
 STORAGE_CLASSES = frozenset(

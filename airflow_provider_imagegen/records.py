@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,25 @@ class Generation:
     generation_seconds: float | None = None
     request_id: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """Its fields as both records store them (the request id as ``api_request_id``)."""
+        return {
+            "generated_at": self.generated_at,
+            "generation_seconds": self.generation_seconds,
+            "api_request_id": self.request_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Generation:
+        """Read it back from a record (a ``_pending.json`` of earlier builds keeps the id as ``request_id``)."""
+        seconds = data.get("generation_seconds")
+        request_id = data.get("api_request_id", data.get("request_id"))
+        return cls(
+            generated_at=str(data.get("generated_at") or ""),
+            generation_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+            request_id=request_id if isinstance(request_id, str) else None,
+        )
+
 
 @dataclass(frozen=True)
 class PendingRecord:
@@ -125,7 +144,7 @@ class PendingRecord:
             "saved_at": self.saved_at,
             "generations": self.generations,
             "download_failed": self.download_failed,
-            **asdict(self.generation),
+            **self.generation.to_json(),
         }
 
     @classmethod
@@ -134,15 +153,10 @@ class PendingRecord:
         urls = data.get("image_urls") if isinstance(data, dict) else None
         if not isinstance(urls, list) or not urls or not all(isinstance(url, str) for url in urls):
             raise ValueError("no list of image URLs")
-        seconds = data.get("generation_seconds")
         return cls(
             image_urls=tuple(urls),
             request_fingerprint=str(data.get("request_fingerprint", "")),
-            generation=Generation(
-                generated_at=str(data.get("generated_at") or ""),
-                generation_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
-                request_id=data.get("request_id") if isinstance(data.get("request_id"), str) else None,
-            ),
+            generation=Generation.from_json(data),
             saved_at=str(data.get("saved_at") or ""),
             generations=int(data.get("generations") or 1),
             download_failed=data.get("download_failed") is True,
@@ -219,9 +233,7 @@ class Manifest:
             "request_fingerprint": self.request_fingerprint,
             "requested_images": self.requested_images,
             "received_images": len(self.images),
-            "generated_at": self.generation.generated_at,
-            "generation_seconds": self.generation.generation_seconds,
-            "api_request_id": self.generation.request_id,
+            **self.generation.to_json(),
             "completed_at": self.completed_at,
             "images": [image.to_dict() for image in self.images],
             **({"stored_etags": etags} if etags else {}),
@@ -239,7 +251,6 @@ class Manifest:
                 replace(image, etag=etags.get(image.key, ""))
                 for image in (CopiedImage.from_dict(item) for item in data.get("images") or ())
             )
-            seconds = data.get("generation_seconds")
             return cls(
                 task=dict(data.get("task") or {}),
                 endpoint=str(data.get("endpoint") or ""),
@@ -248,11 +259,7 @@ class Manifest:
                 request=dict(data.get("request") or {}),
                 request_fingerprint=str(data.get("request_fingerprint", "")),
                 requested_images=int(data.get("requested_images") or 0),
-                generation=Generation(
-                    generated_at=str(data.get("generated_at") or ""),
-                    generation_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
-                    request_id=data.get("api_request_id"),
-                ),
+                generation=Generation.from_json(data),
                 images=images,
                 completed_at=str(data.get("completed_at") or ""),
                 status=str(data.get("status", "")),

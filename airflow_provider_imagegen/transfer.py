@@ -8,8 +8,8 @@ The reader also computes the MD5 of the body and, part by part, the MD5 and SHA-
 multipart part, and checks that the body ends with the format's end marker (PNG ``IEND``, JPEG
 ``EOI``): a body cut short without a ``Content-Length`` is refused, not stored.
 
-* An image that ends within one part (the multipart threshold, 5 MiB by default: every
-  1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading.
+* An image that ends within one part (:data:`PART_SIZE`, 5 MiB, is also the multipart threshold:
+  every 1024-pixel image) goes up in one ``PutObject`` carrying the SHA-256 computed while reading.
   A store that checks it refuses a mismatch (``BadDigest``) and answers with the checksum it
   stored, which must be the one sent. The answer's ETag, the body's MD5 on S3-compatible stores,
   must equal the MD5 computed while reading. When the answer has neither a checksum nor an MD5
@@ -49,8 +49,15 @@ if TYPE_CHECKING:
     from airflow_provider_imagegen.plan import PromptJob
 
 HEADER_LIMIT = 1024 * 1024  # the pixel size must be readable within the first MiB
-SINGLE_PUT_LIMIT = 8 * 1024 * 1024  # boto3's default multipart threshold, when no TransferConfig is given
-PART_SIZE = 8 * 1024 * 1024  # boto3's default part size
+PART_SIZE = 5 * 1024 * 1024
+"""The multipart part size, and the largest image sent in one ``PutObject``: the smallest part S3
+accepts, so that each copy holds the least memory (one part)."""
+TRANSFER_CONFIG_ARGS: dict[str, Any] = {
+    "multipart_threshold": PART_SIZE,
+    "multipart_chunksize": PART_SIZE,
+    "use_threads": False,  # no read-ahead threads: the copies themselves run in parallel
+}
+"""The boto3 ``TransferConfig`` of the copies (the operator's ``S3Hook`` is built with it)."""
 _MIN_PART, _MAX_PART = 5 * 1024 * 1024, 5 * 1024**3  # what s3transfer clamps the part size to
 _READ_BACK_CHUNK = 1024 * 1024
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
@@ -323,7 +330,8 @@ class Copier:
     :param bucket: destination bucket.
     :param upload_args: further ``PutObject``/``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
     :param metadata: object metadata of each job's images (ASCII values).
-    :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size).
+    :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size);
+        default: one of :data:`TRANSFER_CONFIG_ARGS`.
     """
 
     def __init__(
@@ -341,10 +349,13 @@ class Copier:
         self.bucket = bucket
         self.upload_args = upload_args
         self.metadata = metadata
+        if transfer_config is None:
+            from boto3.s3.transfer import TransferConfig
+
+            transfer_config = TransferConfig(**TRANSFER_CONFIG_ARGS)
         self.transfer_config = transfer_config
-        self.single_put_limit = getattr(transfer_config, "multipart_threshold", None) or SINGLE_PUT_LIMIT
-        chunk = getattr(transfer_config, "multipart_chunksize", None) or PART_SIZE
-        self.part_size = min(max(chunk, _MIN_PART), _MAX_PART)  # as s3transfer adjusts it
+        self.single_put_limit = transfer_config.multipart_threshold
+        self.part_size = min(max(transfer_config.multipart_chunksize, _MIN_PART), _MAX_PART)  # as s3transfer does
 
     def copy(self, url: str, key: str, index: int, job: PromptJob) -> CopiedImage:
         """Stream ``url`` into ``s3://{bucket}/{key}``, verified; raise (leaving no object) if anything is off.

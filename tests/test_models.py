@@ -15,9 +15,11 @@ from airflow_provider_imagegen.models import (
     MODERATIONS,
     OUTPUT_FORMATS,
     QUALITIES,
+    REQUEST_PARAMETERS,
     SIZES,
     ImageGenerationRequest,
     ImageGenerationResult,
+    RequestParameters,
 )
 
 # the 'Available values' of the contract's size field, in its order
@@ -311,3 +313,8 @@ def test_good_input_does_reach_the_mock(recorded_requests):
     result = ImageGenHook(transport=transport).generate_images("p", n=1)
     assert result.image_urls == ["https://cdn.example.test/1.png"]
     assert len(requests) == 1
+
+
+def test_the_keyword_arguments_type_names_every_request_parameter():
+    assert tuple(RequestParameters.__annotations__) == REQUEST_PARAMETERS
+    assert "prompt" not in REQUEST_PARAMETERS

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 
-from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
-from airflow_provider_imagegen.version_compat import conf
+from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator, default_deferrable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
@@ -64,8 +63,8 @@ class _ImageGenDecoratedOperator(DecoratedOperator, ImageGenToS3Operator):
         for name in ("prompt", "prompts"):
             if name in kwargs:
                 raise TypeError(f"@task.imagegen does not take `{name}`: the decorated function returns the prompt(s)")
-        # read when the DAG file is parsed, like the operator's other defaults
-        kwargs.setdefault("deferrable", conf.getboolean("operators", "default_deferrable", fallback=False))
+        # read each time a DAG file is parsed (the operator's own default was read when it was imported)
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(
             python_callable=python_callable,
             op_args=op_args,

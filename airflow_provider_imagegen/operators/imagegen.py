@@ -10,7 +10,8 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
-from airflow_provider_imagegen.plan import Plan, PromptJob, TaskIdentity, build_plan
+from airflow_provider_imagegen.models import REQUEST_PARAMETERS, ImageGenerationRequest
+from airflow_provider_imagegen.plan import DEFAULT_MAX_IMAGES, Plan, PromptJob, TaskIdentity, build_plan
 from airflow_provider_imagegen.version_compat import conf
 
 if TYPE_CHECKING:
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
     from airflow_provider_imagegen.models import CopiedImage
     from airflow_provider_imagegen.pipeline import PromptPipeline
 
-_PART_SIZE = 5 * 1024 * 1024  # the smallest part S3 accepts: the least memory per copy
+
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable``: whether a task defers when its DAG does not say."""
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
 class ImageGenToS3Operator(BaseOperator):
@@ -88,15 +92,15 @@ class ImageGenToS3Operator(BaseOperator):
         prompt: str | None = None,
         prompts: list[str] | str | None = None,
         s3_key_prefix: str | None = None,
-        n: int | str = 1,
-        size: str = "1024x1024",
-        quality: str = "medium",
-        background: str = "auto",
-        moderation: str = "auto",
-        output_format: str = "png",
-        output_compression: int | str | None = None,
+        n: int | str = ImageGenerationRequest.n,
+        size: str = ImageGenerationRequest.size,
+        quality: str = ImageGenerationRequest.quality,
+        background: str = ImageGenerationRequest.background,
+        moderation: str = ImageGenerationRequest.moderation,
+        output_format: str = ImageGenerationRequest.output_format,
+        output_compression: int | str | None = ImageGenerationRequest.output_compression,
         min_images: int = 1,
-        max_images: int | None = 100,
+        max_images: int | None = DEFAULT_MAX_IMAGES,
         imagegen_conn_id: str = "imagegen_default",
         aws_conn_id: str | None = "aws_default",
         encrypt: bool = False,
@@ -107,7 +111,7 @@ class ImageGenToS3Operator(BaseOperator):
         max_concurrency: int = 4,
         upload_concurrency: int = 10,
         fail_fast: bool = False,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool = default_deferrable(),
         max_image_bytes: int | None = None,
         asset_events: str = "task",
         **kwargs: Any,
@@ -157,19 +161,17 @@ class ImageGenToS3Operator(BaseOperator):
     def s3_hook(self) -> Any:
         """The amazon provider's S3Hook, tuned for streaming many images at once in little memory.
 
-        One part of 5 MiB in memory per copy (no read-ahead threads: the copies themselves run in
-        parallel), and a connection pool big enough for every copy thread.
+        The copies' transfer settings (``transfer.TRANSFER_CONFIG_ARGS``: one 5 MiB part in memory per
+        copy, no read-ahead threads), and a connection pool big enough for every copy thread.
         """
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from airflow_provider_imagegen.transfer import TRANSFER_CONFIG_ARGS
 
         copies = self.max_concurrency * self.upload_concurrency
         return S3Hook(
             aws_conn_id=self.aws_conn_id,
-            transfer_config_args={
-                "multipart_threshold": _PART_SIZE,
-                "multipart_chunksize": _PART_SIZE,
-                "use_threads": False,
-            },
+            transfer_config_args=dict(TRANSFER_CONFIG_ARGS),
             config={"max_pool_connections": max(10, copies + self.max_concurrency)},
         )
 
@@ -221,7 +223,7 @@ class ImageGenToS3Operator(BaseOperator):
             prompts=self.prompts,
             s3_bucket=self.s3_bucket,
             s3_key_prefix=self.s3_key_prefix,
-            request_params={name: getattr(self, name) for name in _REQUEST_FIELDS},
+            request_params={name: getattr(self, name) for name in REQUEST_PARAMETERS},
             min_images=self.min_images,
             max_images=self.max_images,
             encrypt=self.encrypt,
@@ -285,9 +287,6 @@ class ImageGenToS3Operator(BaseOperator):
         images: list[CopiedImage] = getattr(self, "_stored_images", [])
         outputs = [Dataset(namespace=f"s3://{image.bucket}", name=image.key) for image in images]
         return OperatorLineage(outputs=outputs)
-
-
-_REQUEST_FIELDS = ("n", "size", "quality", "background", "moderation", "output_format", "output_compression")
 
 
 def _reraise_for_airflow(error: ImageGenError) -> NoReturn:
