@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,10 @@ def test_hook_generates_and_downloads(offline: Any) -> None:
 def test_operator_stores_verified_images(offline: Any, dags_folder: Path) -> None:
     from airflow.utils.db import upgradedb
 
-    from tests.support import dagbag_class
-
-    DagBag = dagbag_class()
+    try:  # the checkout's tests/ is not importable here (the wheel is tested): no tests.support
+        from airflow.dag_processing.dagbag import DagBag  # Airflow 3.2+
+    except ImportError:
+        from airflow.models.dagbag import DagBag  # Airflow 3.1
 
     api, s3 = offline
     upgradedb()
@@ -114,3 +116,31 @@ def test_operator_stores_verified_images(offline: Any, dags_folder: Path) -> Non
         assert body.startswith(PNG_MAGIC)
         assert hashlib.sha256(body).hexdigest() == entry["sha256"] == served[entry["index"]]
     assert len(api.state.generation_calls()) == 1
+
+
+def test_airflow_lists_the_provider_and_its_connection_form() -> None:
+    """On this Airflow, with only the wheel: ``airflow providers list``, and the form the UI builds."""
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "providers", "list", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    start = re.search(r"^\[\s*\{", listed.stdout, re.MULTILINE)  # after any log lines
+    assert start, listed.stdout[-3000:]
+    names = [provider["package_name"] for provider in json.loads(listed.stdout[start.start() :])]
+    assert "airflow-provider-imagegen" in names
+
+    # what GET /ui/connections/hook_meta answers (the Connections form), without a browser
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (imagegen,) = [meta for meta in HookMetaService.hook_meta_data() if meta.connection_type == "imagegen"]
+    assert set(imagegen.extra_fields or {}) >= {"endpoint", "timeout", "max_retries"}, imagegen
+    assert imagegen.standard_fields is not None
+    assert imagegen.standard_fields.password is not None
+    assert imagegen.standard_fields.password.title == "API Key"
