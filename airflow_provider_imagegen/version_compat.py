@@ -16,6 +16,8 @@ connection read in a trigger   sync read in a thread     ``aget_connection`` (3.
 metrics facade                 ``airflow.stats.Stats``   the task SDK's own (3.2+; private path)
 ``determine_kwargs``           ``airflow.utils``         ``airflow.sdk.bases.decorator`` (3.2+)
 alias event ``extra``          flat values only          as it is (3.2+)
+``SET_DURING_EXECUTION``       the task SDK's private    the same (no public name up to 3.3)
+                               ``_internal.types``
 =============================  ========================  =========================================
 """
 
@@ -116,6 +118,19 @@ async def amask_secret(secret: str) -> None:
     await asyncio.to_thread(mask_secret, secret)
 
 
+def set_during_execution() -> Any:
+    """The task SDK's marker for an operator argument that a decorated task's function fills in at run time.
+
+    No public name serves on any supported version: task SDK 1.1 to 1.3 (Airflow 3.1 to 3.3) keep
+    it in the private ``airflow.sdk.definitions._internal.types`` (the standard provider's
+    ``@task.bash`` imports it from there too; the common-compat provider re-exports it, but is not a
+    dependency). ``tests/test_version_compat.py`` fails when the path moves.
+    """
+    from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
+
+    return SET_DURING_EXECUTION
+
+
 def stats_facade() -> Any:
     """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
 
@@ -160,5 +175,6 @@ __all__ = [
     "conf",
     "context_merge",
     "determine_kwargs",
+    "set_during_execution",
     "stats_facade",
 ]

@@ -137,3 +137,12 @@ def test_alias_event_extra_is_storable_by_this_airflow():
     else:
         frozenset(sent.items())  # raises TypeError if a value is unhashable
         assert sent == {"bucket": "b", "prefix": "p", "image_count": 2, "truncated": True}
+
+
+def test_set_during_execution_is_the_task_sdks_marker():
+    """The private path behind it: this fails when a task SDK release moves it."""
+    from airflow.sdk.definitions._internal.types import SetDuringExecution
+
+    marker = version_compat.set_during_execution()
+    assert isinstance(marker, SetDuringExecution)
+    assert marker is version_compat.set_during_execution()

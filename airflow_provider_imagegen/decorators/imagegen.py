@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
-from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator, default_deferrable
+from airflow_provider_imagegen.version_compat import set_during_execution
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
@@ -69,7 +69,7 @@ class _ImageGenDecoratedOperator(DecoratedOperator, ImageGenToS3Operator):
             python_callable=python_callable,
             op_args=op_args,
             op_kwargs=op_kwargs,
-            prompt=SET_DURING_EXECUTION,
+            prompt=set_during_execution(),
             **kwargs,
         )
 

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from httpcore._backends.sync import SyncBackend
 
 from airflow_provider_imagegen.exceptions import ImageGenURLRefusedError
 
@@ -105,7 +104,7 @@ def origin_of(url: str) -> tuple[str, int]:
     return (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
 
 
-class CheckingBackend(SyncBackend):
+class CheckingBackend(httpcore.SyncBackend):
     """httpcore's socket backend, refusing internal addresses and enforcing the download deadline.
 
     :param allowed: ``(host, port)`` origins connected to without the address check (the API's).
