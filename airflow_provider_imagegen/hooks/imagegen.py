@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,13 @@ from airflow_provider_imagegen.models import ImageGenerationRequest, ImageGenera
 from airflow_provider_imagegen.version_compat import amask_secret, aread_connection
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
     from airflow.sdk import Connection
+    from typing_extensions import Unpack
+
+    from airflow_provider_imagegen.models import RequestParameters
 
 
 class ImageGenHook(BaseHook):
@@ -213,119 +218,53 @@ class ImageGenHook(BaseHook):
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate_images(
-        self,
-        prompt: str,
-        *,
-        n: int = 1,
-        size: str = "1024x1024",
-        quality: str = "medium",
-        background: str = "auto",
-        moderation: str = "auto",
-        output_format: str = "png",
-        output_compression: int | None = None,
-    ) -> ImageGenerationResult:
+    def generate_images(self, prompt: str, **params: Unpack[RequestParameters]) -> ImageGenerationResult:
         """Generate images; returns their (short-lived) URLs. Validates everything before any call.
 
         Retries connect errors, timeouts, 408, 409, 429 and 5xx with backoff that honours
         Retry-After; never retries 400, 401, 403, 404, 422 or content-policy rejections.
 
         :param prompt: the text prompt, 0 to 32000 characters.
-        :param n: how many images, 1 to 10 (the API may return fewer).
-        :param size: one of :data:`~airflow_provider_imagegen.models.SIZES` or ``auto``.
-        :param quality: ``low``, ``medium`` or ``high``.
-        :param background: ``opaque`` or ``auto``.
-        :param moderation: ``low`` or ``auto``.
-        :param output_format: ``png`` or ``jpeg``.
-        :param output_compression: 0 to 100, only with jpeg (with png omit it or use 100).
+        :param params: the request's other parameters, by keyword; one left out takes
+            :class:`~airflow_provider_imagegen.models.ImageGenerationRequest`'s default.
+            ``n``: how many images, 1 to 10 (the API may return fewer);
+            ``size``: one of :data:`~airflow_provider_imagegen.models.SIZES` or ``auto``;
+            ``quality``: ``low``, ``medium`` or ``high``; ``background``: ``opaque`` or ``auto``;
+            ``moderation``: ``low`` or ``auto``; ``output_format``: ``png`` or ``jpeg``;
+            ``output_compression``: 0 to 100, only with jpeg (with png omit it or use 100).
         """
-        request = ImageGenerationRequest(
-            prompt=prompt,
-            n=n,
-            size=size,
-            quality=quality,
-            background=background,
-            moderation=moderation,
-            output_format=output_format,
-            output_compression=output_compression,
-        )
-        return self.send(request)
+        return self.send(ImageGenerationRequest.build(prompt, **params))
 
     def send(self, request: ImageGenerationRequest) -> ImageGenerationResult:
         """Send an already validated request, with retries."""
         settings, started = self.settings, time.monotonic()
         retrying = tenacity.Retrying(**self.policy.tenacity_kwargs(self._log_retry))
-        urls, request_id = retrying(self._post_once, settings, request)
-        return ImageGenerationResult(
-            image_urls=urls,
-            request=request,
-            elapsed=time.monotonic() - started,
-            attempts=retrying.statistics.get("attempt_number", 1),
-            request_id=request_id,
-        )
+        answer = retrying(self._post_once, settings, request)
+        return _result(request, answer, started, retrying.statistics)
 
     def _post_once(self, settings: ConnectionSettings, request: ImageGenerationRequest) -> tuple[list[str], str | None]:
-        try:
-            with self.client.stream(
-                "POST", settings.url, json=request.to_json(), headers=settings.headers()
-            ) as streamed:
-                response = read_answer(streamed)
-        except httpx.TransportError as error:
-            raise error_from_transport(error, secret=settings.api_key) from None
-        raise_for_status(response, settings.api_key)
-        return parse_image_urls(response), request_id_of(response.headers, settings.api_key)
+        with _transport_errors_mapped(settings), self.client.stream(**_post(settings, request)) as streamed:
+            response = read_answer(streamed)
+        return _answer(response, settings)
 
-    async def agenerate_images(
-        self,
-        prompt: str,
-        *,
-        n: int = 1,
-        size: str = "1024x1024",
-        quality: str = "medium",
-        background: str = "auto",
-        moderation: str = "auto",
-        output_format: str = "png",
-        output_compression: int | None = None,
-    ) -> ImageGenerationResult:
-        """The async twin of :meth:`generate_images`, with the same contract (used by the trigger)."""
-        request = ImageGenerationRequest(
-            prompt=prompt,
-            n=n,
-            size=size,
-            quality=quality,
-            background=background,
-            moderation=moderation,
-            output_format=output_format,
-            output_compression=output_compression,
-        )
-        return await self.asend(request)
+    async def agenerate_images(self, prompt: str, **params: Unpack[RequestParameters]) -> ImageGenerationResult:
+        """:meth:`generate_images` from an event loop: the same arguments, checks and retries (via :meth:`asend`)."""
+        return await self.asend(ImageGenerationRequest.build(prompt, **params))
 
     async def asend(self, request: ImageGenerationRequest) -> ImageGenerationResult:
-        """Send an already validated request from an event loop, with retries."""
+        """Send an already validated request from an event loop, with retries (the trigger's path)."""
         settings, started = await self.asettings(), time.monotonic()
         retrying = tenacity.AsyncRetrying(**self.policy.tenacity_kwargs(self._log_retry))
         client = await self.aclient()
 
         async def post_once() -> tuple[list[str], str | None]:
-            try:
-                async with client.stream(
-                    "POST", settings.url, json=request.to_json(), headers=settings.headers()
-                ) as streamed:
+            with _transport_errors_mapped(settings):
+                async with client.stream(**_post(settings, request)) as streamed:
                     response = await aread_answer(streamed)
-            except httpx.TransportError as error:
-                raise error_from_transport(error, secret=settings.api_key) from None
-            raise_for_status(response, settings.api_key)
-            return parse_image_urls(response), request_id_of(response.headers, settings.api_key)
+            return _answer(response, settings)
 
-        outcome: tuple[list[str], str | None] = await retrying(post_once)
-        urls, request_id = outcome
-        return ImageGenerationResult(
-            image_urls=urls,
-            request=request,
-            elapsed=time.monotonic() - started,
-            attempts=retrying.statistics.get("attempt_number", 1),
-            request_id=request_id,
-        )
+        answer: tuple[list[str], str | None] = await retrying(post_once)
+        return _result(request, answer, started, retrying.statistics)
 
     # -- downloads ---------------------------------------------------------------------------
 
@@ -393,6 +332,40 @@ class ImageGenHook(BaseHook):
 
 MASKED_SECRET = "***"  # noqa: S105 (the mask, not a secret)
 """What Airflow's secrets masker shows in place of a password (and what Airflow 3.1's UI tests with)."""
+
+
+def _post(settings: ConnectionSettings, request: ImageGenerationRequest) -> dict[str, Any]:
+    """The generation call, as ``stream()`` arguments of either client: the body, with the Bearer key."""
+    return {"method": "POST", "url": settings.url, "json": request.to_json(), "headers": settings.headers()}
+
+
+@contextmanager
+def _transport_errors_mapped(settings: ConnectionSettings) -> Iterator[None]:
+    """An httpx transport failure of the generation call as one of ours (the key scrubbed)."""
+    try:
+        yield
+    except httpx.TransportError as error:
+        raise error_from_transport(error, secret=settings.api_key) from None
+
+
+def _answer(response: httpx.Response, settings: ConnectionSettings) -> tuple[list[str], str | None]:
+    """The image URLs and the request id of a generation answer; an HTTP error status raises."""
+    raise_for_status(response, settings.api_key)
+    return parse_image_urls(response), request_id_of(response.headers, settings.api_key)
+
+
+def _result(
+    request: ImageGenerationRequest, answer: tuple[list[str], str | None], started: float, statistics: dict[str, Any]
+) -> ImageGenerationResult:
+    urls, request_id = answer
+    return ImageGenerationResult(
+        image_urls=urls,
+        request=request,
+        elapsed=time.monotonic() - started,
+        attempts=statistics.get("attempt_number", 1),
+        request_id=request_id,
+    )
+
 
 # conn_id -> the lookup in flight, per event loop: a burst of triggers shares one read
 _reads_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task[Any]]] = (
