@@ -3,8 +3,8 @@
 By default (``asset_events="task"``) a task instance makes ONE asset event per outlet, whatever
 the number of images: a static ``Asset`` outlet gets it as its event's ``extra``; an
 ``AssetAlias`` outlet resolves to one stable asset per task, :func:`task_asset_uri`, so the
-number of assets Airflow holds does not grow with runs or images. ``asset_events="image"`` keeps
-the older behaviour for aliases: one ``s3://`` asset (and event) per stored image.
+number of assets Airflow holds does not grow with runs or images. With ``asset_events="image"`` an
+alias gets one ``s3://`` asset (and event) per stored image instead.
 """
 
 from __future__ import annotations

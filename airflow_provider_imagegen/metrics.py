@@ -25,14 +25,15 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_imagegen.models import CopiedImage, TaskLog
+    from airflow_provider_imagegen.models import CopiedImage
+    from airflow_provider_imagegen.task_log import TaskLog
 
 PREFIX = "imagegen"
 
 
 @dataclass
 class Figures:
-    """What one try did (or one prompt's generation, in its manifest)."""
+    """What one try did, or one event of it (:class:`TryTally` adds them up for the summary line)."""
 
     generation_calls: int = 0
     failed_calls: int = 0
@@ -49,7 +50,7 @@ class TryTally:
 
     The copy threads report concurrently: each event is appended as its own small
     :class:`Figures` (``list.append`` is atomic) and the totals are added up when asked for,
-    so no lock is needed (the runner keeps the provider's only threading primitives).
+    so no lock is needed.
 
     :param log: the task's logger (for the summary line).
     """

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
 
@@ -47,7 +47,6 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg")
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000
 
-#: What the API renders for ``size="auto"`` cannot be known in advance; only explicit sizes are checked.
 FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
@@ -123,7 +122,8 @@ class ImageGenerationRequest:
 
     @property
     def dimensions(self) -> tuple[int, int] | None:
-        """(width, height) asked for, or None for ``auto``."""
+        """(width, height) asked for, which the images must have; None for ``auto``: what the API
+        renders then cannot be known in advance, so only explicit sizes are checked."""
         if self.size == "auto":
             return None
         width, height = self.size.split("x")
@@ -329,13 +329,3 @@ def stored_object_differences(
 def _same_md5_form(stored_etag: str, md5_etag: str) -> bool:
     """Both a plain MD5, or both a multipart upload's ``MD5-N``."""
     return bool(_MD5_ETAG.fullmatch(stored_etag)) and ("-" in stored_etag) == ("-" in md5_etag)
-
-
-class TaskLog(Protocol):
-    """What the engine needs of a logger: the task's own (``self.log``) or any ``logging.Logger``."""
-
-    def info(self, message: Any, /, *args: Any) -> Any: ...
-
-    def warning(self, message: Any, /, *args: Any) -> Any: ...
-
-    def error(self, message: Any, /, *args: Any) -> Any: ...

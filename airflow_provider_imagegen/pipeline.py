@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
-    from airflow_provider_imagegen.models import CopiedImage, TaskLog
+    from airflow_provider_imagegen.models import CopiedImage
     from airflow_provider_imagegen.plan import Plan, PromptJob
+    from airflow_provider_imagegen.task_log import TaskLog
 
 
 MAX_GENERATIONS = 2
@@ -56,7 +57,7 @@ def open_pipeline(
     max_concurrency: int,
     upload_concurrency: int,
     fail_fast: bool,
-    survey: bool,
+    list_records_first: bool,
     log: TaskLog,
 ) -> Iterator[PromptPipeline]:
     """The parts of one try, assembled; on the way out the committed prompts' pending records go,
@@ -70,12 +71,13 @@ def open_pipeline(
     :param max_concurrency: prompts generating at once, and prompts copying at once.
     :param upload_concurrency: images of one prompt copied at once.
     :param fail_fast: stop at the first failed prompt.
-    :param survey: list what earlier tries left first (one LIST); else each record is read directly.
+    :param list_records_first: list what earlier tries left first (one LIST); else each record is read
+        directly.
     :param log: the task's logger.
     """
     store = RecordStore(s3_client, plan.bucket, upload_args=plan.upload_args, log=log)
-    if survey:
-        store.survey(plan.list_prefix, nested=plan.batch)
+    if list_records_first:
+        store.list_records(plan.list_prefix, nested=plan.batch)
     copier = Copier(
         hook,
         s3_client,
@@ -136,18 +138,22 @@ class PromptPipeline:
 
     def run(self) -> list[CopiedImage]:
         """Every prompt of the plan, bounded and in prompt order (the worker-side mode)."""
-        return self._stored(self.runner.run(self.plan.jobs, self.produce))
+        images = self.runner.run(self.plan.jobs, self.images_for)
+        self._log_stored(images)
+        return images
 
     def reuse_all(self) -> tuple[list[CopiedImage], list[PromptJob]]:
         """Before deferring: what earlier tries left, one prompt after the other.
 
         :returns: the images of every prompt when all were ready, and the prompts still to generate.
         """
-        ready = {job.prompt_index: self.earlier(job) for job in self.plan.jobs}
+        ready = {job.prompt_index: self.reuse_earlier_try(job) for job in self.plan.jobs}
         to_generate = [job for job in self.plan.jobs if ready[job.prompt_index] is None]
         if to_generate:
             return [], to_generate
-        return self._stored([image for job in self.plan.jobs for image in ready[job.prompt_index] or []]), []
+        images = [image for job in self.plan.jobs for image in ready[job.prompt_index] or []]
+        self._log_stored(images)
+        return images, []
 
     def resume_all(self, event: dict[str, Any]) -> list[CopiedImage]:
         """After the trigger: every prompt, bounded and in prompt order.
@@ -155,11 +161,12 @@ class PromptPipeline:
         :param event: the trigger's event, ``{"results": {prompt_index: outcome}}``.
         """
         results = {int(k): v for k, v in (event.get("results") or {}).items()}
-        return self._stored(
-            self.runner.run(self.plan.jobs, lambda job: self.resume(job, results.get(job.prompt_index)))
-        )
+        images = self.runner.run(self.plan.jobs, lambda job: self.resume(job, results.get(job.prompt_index)))
+        self._log_stored(images)
+        return images
 
-    def _stored(self, images: list[CopiedImage]) -> list[CopiedImage]:
+    def _log_stored(self, images: list[CopiedImage]) -> None:
+        """The try's one line on what S3 now holds for the plan."""
         self.log.info(
             "Stored %d image(s) for %d prompt(s), %.1f MB in s3://%s",
             len(images),
@@ -167,16 +174,15 @@ class PromptPipeline:
             sum(image.size_bytes for image in images) / 1e6,
             self.plan.bucket,
         )
-        return images
 
-    def produce(self, job: PromptJob) -> list[CopiedImage]:
-        """One prompt: reuse a verified earlier result, else copy recorded URLs, else generate."""
-        images = self.earlier(job)
+    def images_for(self, job: PromptJob) -> list[CopiedImage]:
+        """One prompt's stored images: reuse a verified earlier result, else copy recorded URLs, else generate."""
+        images = self.reuse_earlier_try(job)
         if images is not None:
             return images
-        return self.land_generated(job, self.generate(job))
+        return self.store_generated(job, self.generate(job))
 
-    def earlier(self, job: PromptJob) -> list[CopiedImage] | None:
+    def reuse_earlier_try(self, job: PromptJob) -> list[CopiedImage] | None:
         """What an earlier try left: its verified images, or its recorded URLs copied now; else None."""
         images = self.store.reuse(job)
         if images is not None:
@@ -191,7 +197,7 @@ class PromptPipeline:
             len(pending.image_urls),
         )
         try:
-            return self._land(job, pending.image_urls, pending.generation, received=len(pending.image_urls))
+            return self._copy_and_commit(job, pending.image_urls, pending.generation, received=len(pending.image_urls))
         except ImageGenURLExpiredError as error:
             if pending.download_failed or pending.generations >= MAX_GENERATIONS:
                 raise self._not_paying_again(job, error) from error
@@ -247,7 +253,7 @@ class PromptPipeline:
         return result
 
     def resume(self, job: PromptJob, outcome: dict[str, Any] | None) -> list[CopiedImage]:
-        """One prompt after the trigger: land what it generated, or raise the error it reported.
+        """One prompt after the trigger: store what it generated, or raise the error it reported.
 
         :param job: the prompt.
         :param outcome: the trigger's entry for it; None when it was done before deferring.
@@ -269,9 +275,9 @@ class PromptPipeline:
             attempts=int(outcome.get("attempts", 1)),
             request_id=outcome.get("request_id"),
         )
-        return self.land_generated(job, result)
+        return self.store_generated(job, result)
 
-    def land_generated(self, job: PromptJob, result: ImageGenerationResult) -> list[CopiedImage]:
+    def store_generated(self, job: PromptJob, result: ImageGenerationResult) -> list[CopiedImage]:
         """Check the count, record the URLs (so a retry does not pay again), then copy them.
 
         The record is written while the copy starts, not before it: the manifest (the commit
@@ -283,9 +289,9 @@ class PromptPipeline:
             generated_at=utcnow_iso(), generation_seconds=round(result.elapsed, 3), request_id=result.request_id
         )
         paid = self._paid.pop(job.prefix, 0) + 1
-        recorded = self.runner.alongside(self.store.record_pending, job, urls, generation, generations=paid)
+        recorded = self.runner.start_in_background(self.store.record_pending, job, urls, generation, generations=paid)
         try:
-            return self._land(job, urls, generation, recorded, received=len(result.image_urls))
+            return self._copy_and_commit(job, urls, generation, recorded, received=len(result.image_urls))
         except ImageGenDownloadError as error:
             if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
                 recorded.exception()
@@ -294,7 +300,7 @@ class PromptPipeline:
         finally:
             recorded.exception()  # waits for the write, whatever happened to the copy
 
-    def _land(
+    def _copy_and_commit(
         self,
         job: PromptJob,
         urls: Sequence[str],
@@ -304,7 +310,7 @@ class PromptPipeline:
         received: int,
     ) -> list[CopiedImage]:
         """Copy every URL (all or nothing), then write the manifest: the commit point."""
-        with self.runner.landing_slot():
+        with self.runner.copy_slot():
             started = time.monotonic()
 
             def progress(done: int, image: CopiedImage) -> None:

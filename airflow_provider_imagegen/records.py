@@ -41,8 +41,8 @@ from airflow_provider_imagegen.models import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from airflow_provider_imagegen.models import TaskLog
     from airflow_provider_imagegen.plan import PromptJob
+    from airflow_provider_imagegen.task_log import TaskLog
 
 MANIFEST_NAME = "manifest.json"
 PENDING_NAME = "_pending.json"
@@ -273,7 +273,7 @@ class Manifest:
 class RecordStore:
     """The retry-safety protocol of one task try, on one S3 client and bucket.
 
-    ``survey`` (one LIST) → per prompt ``reuse`` (a verified manifest) or ``pending`` (recorded
+    ``list_records`` (one LIST) → per prompt ``reuse`` (a verified manifest) or ``pending`` (recorded
     URLs) → ``record_pending`` → the copy → ``commit`` (the manifest) or ``discard`` (the copied
     objects) → at the end of the try ``drop_committed`` (the pending records of committed prompts).
 
@@ -290,11 +290,11 @@ class RecordStore:
         self._put_args = {k: v for k, v in upload_args.items() if k in _RECORD_PUT_ARGS}
         self._present: dict[str, frozenset[str]] | None = None  # None: unknown (listing denied or not done)
         self._committed: list[str] = []  # list.append is atomic: the copy threads commit concurrently
-        self._task_prefix: str | None = None  # what survey listed
+        self._task_prefix: str | None = None  # what list_records listed
 
     # -- what earlier tries left -------------------------------------------------------------------
 
-    def survey(self, prefix: str, *, nested: bool) -> None:
+    def list_records(self, prefix: str, *, nested: bool) -> None:
         """List the records under ``prefix`` (``nested``: under every sub-prefix), in one paginated LIST.
 
         A fresh run then costs one request instead of two failed GETs per prompt. When listing is
@@ -508,7 +508,7 @@ class RecordStore:
         """End of a try: delete the committed prompts' pending records, abort uploads left open.
 
         The pending records go with :meth:`drop_pending`. Then the multipart uploads still open
-        under the task's prefix (the one :meth:`survey` listed; else each committed prompt's) are
+        under the task's prefix (the one :meth:`list_records` listed; else each committed prompt's) are
         leftovers of an earlier try killed mid-upload (this try's copies are over): they are
         aborted (:meth:`abort_incomplete_uploads`). A pending record beside a manifest is harmless
         (the manifest wins), and an open upload is only billed, so a failure here only warns.

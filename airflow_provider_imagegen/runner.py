@@ -1,10 +1,10 @@
-"""The runner: the provider's only threads, and the bounds and failure rules they follow.
+"""The runner: a task try's threads, and the bounds and failure rules they follow.
 
 A try runs its prompts (``run``) with ``2 * max_concurrency`` threads, so that while some prompts
-are copied to S3 others already wait for the API; the generation slots and the landing slots keep
+are copied to S3 others already wait for the API; the generation slots and the copy slots keep
 each stage within ``max_concurrency``. One prompt's images are copied ``upload_concurrency`` at a
-time (``copy_all``: all or nothing), and its pending record is written alongside the copy
-(``alongside``). With ``fail_fast`` the first failure stops every API call not yet started.
+time (``copy_all``: all or nothing), and its pending record is written while the copy runs
+(``start_in_background``). With ``fail_fast`` the first failure stops every API call not yet started.
 Results come back in prompt order; failures come back as one error naming every failed prompt.
 
 Nothing here knows about images, S3 or Airflow: the work is passed in as functions, so the rules
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
-    from airflow_provider_imagegen.models import TaskLog
+    from airflow_provider_imagegen.task_log import TaskLog
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -37,8 +37,7 @@ class NotStarted(Exception):
 class Slots:
     """At most ``size`` holders at once (``with slots: ...``), for bounded work outside a task try.
 
-    The Images tab's thumbnails use it in the API server, so that this module stays the one
-    place that holds threading primitives.
+    The Images tab's thumbnails use it in the API server.
 
     :param size: how many may hold a slot at once (1: a lock).
     """
@@ -68,7 +67,7 @@ class Runner:
         self.fail_fast = fail_fast
         self.log = log
         self._generation_slots = threading.BoundedSemaphore(max_concurrency)
-        self._landing_slots = threading.BoundedSemaphore(max_concurrency)
+        self._copy_slots = threading.BoundedSemaphore(max_concurrency)
         self._stopping = threading.Event()
         self._progress = threading.Lock()
         self._background: ThreadPoolExecutor | None = None
@@ -78,7 +77,7 @@ class Runner:
         self._next_turn = 0
 
     def __enter__(self) -> Runner:
-        # writes the pending records alongside the copies; one pool per try, not a thread per prompt
+        # writes the pending records while the copies run; one pool per try, not a thread per prompt
         self._background = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="imagegen-record")
         return self
 
@@ -155,9 +154,9 @@ class Runner:
             self._order.notify_all()
 
     @contextmanager
-    def landing_slot(self) -> Iterator[None]:
+    def copy_slot(self) -> Iterator[None]:
         """Hold one of ``max_concurrency`` copy slots (one prompt's copy and commit)."""
-        with self._landing_slots:
+        with self._copy_slots:
             yield
 
     # -- one prompt's images -----------------------------------------------------------------------
@@ -197,7 +196,7 @@ class Runner:
         undo([o for o in outcomes.values() if not isinstance(o, BaseException)])
         raise failed[0]
 
-    def alongside(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+    def start_in_background(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``function(*args, **kwargs)`` in the background (at most ``max_concurrency`` at once)."""
         if self._background is None:
             raise RuntimeError("Runner used outside its `with` block")

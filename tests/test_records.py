@@ -75,7 +75,7 @@ def test_a_committed_manifest_is_reused_and_its_pending_record_dropped(s3):
     assert _keys(s3) == [f"{JOB.prefix}/00.png", f"{JOB.prefix}/01.png", f"{JOB.prefix}/manifest.json"]
 
     again = _store(s3)
-    again.survey(JOB.prefix, nested=False)
+    again.list_records(JOB.prefix, nested=False)
     assert again.reuse(JOB) == images
     assert again.read_manifest(JOB.prefix).images == tuple(images)
 
@@ -85,7 +85,7 @@ def test_a_manifest_for_another_request_is_removed_not_reused(s3):
     _store(s3).commit(JOB, _manifest(JOB, images))
     log = CountingLog()
     store = _store(s3, log)
-    store.survey(OTHER.prefix, nested=False)
+    store.list_records(OTHER.prefix, nested=False)
     assert store.reuse(OTHER) is None
     assert f"{JOB.prefix}/manifest.json" not in _keys(s3)
     assert any("does not match this request" in line for line in log.lines)
@@ -102,7 +102,7 @@ def test_pending_urls_survive_for_the_same_request_only(s3):
     store = _store(s3)
     store.record_pending(JOB, ["https://cdn.test/0.png"], Generation("2026-01-01T00:00:00Z", 2.0, "req-9"))
     again = _store(s3)
-    again.survey(JOB.prefix, nested=False)
+    again.list_records(JOB.prefix, nested=False)
     record = again.pending(JOB)
     assert record.image_urls == ("https://cdn.test/0.png",)
     assert record.generation == Generation("2026-01-01T00:00:00Z", 2.0, "req-9")
@@ -111,7 +111,7 @@ def test_pending_urls_survive_for_the_same_request_only(s3):
 
 def test_a_survey_that_finds_nothing_saves_every_read(s3):
     store = _store(s3)
-    store.survey(JOB.prefix, nested=False)
+    store.list_records(JOB.prefix, nested=False)
     calls = []
     s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     assert store.reuse(JOB) is None
@@ -125,7 +125,7 @@ def test_a_batch_survey_finds_every_prompts_records_in_one_list(s3):
     store = _store(s3)
     calls = []
     s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
-    store.survey("batch", nested=True)
+    store.list_records("batch", nested=True)
     assert [store.pending(job) is not None for job in jobs] == [False, True, False]
     assert calls == ["ListObjectsV2", "GetObject"]
 
@@ -161,7 +161,7 @@ def test_records_carry_the_upload_arguments_that_apply_to_them(s3):
 def test_a_missing_bucket_is_permanent_before_anything_else(s3):
     store = RecordStore(s3, "no-such-bucket", upload_args={}, log=CountingLog())
     with pytest.raises(ImageGenStorageError, match="does not exist") as caught:
-        store.survey("p", nested=False)
+        store.list_records("p", nested=False)
     assert caught.value.permanent
 
 

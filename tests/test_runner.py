@@ -61,7 +61,7 @@ def test_generation_slots_bound_the_api_calls_and_landing_slots_the_copies():
 
     def work(i: int) -> list[int]:
         if i < 2:
-            with runner.landing_slot(), landing:
+            with runner.copy_slot(), landing:
                 both.wait()
         else:
             with runner.generation_slot(), generating:
@@ -224,12 +224,12 @@ def test_one_item_runs_on_the_calling_thread():
     assert threads == [threading.current_thread()] * 2
 
 
-def test_alongside_runs_in_the_background_and_needs_the_with_block():
+def test_start_in_background_runs_in_the_background_and_needs_the_with_block():
     runner = _runner()
     with pytest.raises(RuntimeError, match="outside its `with` block"):
-        runner.alongside(print)
+        runner.start_in_background(print)
     with runner:
-        future = runner.alongside(lambda a, b: a + b, 2, 3)
+        future = runner.start_in_background(lambda a, b: a + b, 2, 3)
         assert future.result(timeout=5) == 5
     with pytest.raises(RuntimeError):
-        runner.alongside(print)
+        runner.start_in_background(print)

@@ -184,7 +184,7 @@ class ImageGenToS3Operator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Render → validate → generate (or reuse a verified earlier try) → copy → manifest → XCom."""
-        with self._one_try(context, survey=True) as pipeline:
+        with self._one_try(context, list_records_first=True) as pipeline:
             if not self.deferrable:
                 return self._finish(context, pipeline.plan, pipeline.run())
             images, to_generate = pipeline.reuse_all()
@@ -209,7 +209,7 @@ class ImageGenToS3Operator(BaseOperator):
         :param context: the task's context.
         :param event: the trigger's event: ``{"results": {prompt_index: outcome}}``.
         """
-        with self._one_try(context, survey=False) as pipeline:
+        with self._one_try(context, list_records_first=False) as pipeline:
             return self._finish(context, pipeline.plan, pipeline.resume_all(event))
 
     def build_plan(self, context: Context) -> Plan:
@@ -241,7 +241,7 @@ class ImageGenToS3Operator(BaseOperator):
         return list(self.build_plan(context).jobs)
 
     @contextmanager
-    def _one_try(self, context: Context, *, survey: bool) -> Iterator[PromptPipeline]:
+    def _one_try(self, context: Context, *, list_records_first: bool) -> Iterator[PromptPipeline]:
         """Plan, parts, clean-up; permanent errors leave as ``AirflowFailException`` (no retries).
 
         The connections are read and the clients built here, in the task's thread, before any
@@ -261,7 +261,7 @@ class ImageGenToS3Operator(BaseOperator):
                 max_concurrency=self.max_concurrency,
                 upload_concurrency=self.upload_concurrency,
                 fail_fast=self.fail_fast,
-                survey=survey,
+                list_records_first=list_records_first,
                 log=self.log,
             ) as pipeline:
                 yield pipeline
