@@ -116,14 +116,12 @@ class CheckingBackend(httpcore.SyncBackend):
         self.resolver = resolver or socket.getaddrinfo
 
     def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
+        self, host: str, port: int, timeout: float | None = None, *args: Any, **kwargs: Any
     ) -> NetworkStream:
-        """Connect to a checked address of ``host`` (one lookup), within the current deadline."""
+        """Connect to a checked address of ``host`` (one lookup), within the current deadline.
+
+        Further arguments (``local_address``, ``socket_options``) go to httpcore's own backend as given.
+        """
         if (host.lower(), port) in self.allowed:
             targets = [host]
         else:
@@ -131,7 +129,7 @@ class CheckingBackend(httpcore.SyncBackend):
         error: Exception | None = None
         for target in targets:
             try:
-                stream = super().connect_tcp(target, port, remaining(timeout), local_address, socket_options)
+                stream = super().connect_tcp(target, port, remaining(timeout), *args, **kwargs)
             except httpcore.ConnectError as failed:  # try the next checked address
                 error = failed
                 continue
