@@ -96,6 +96,11 @@ def read_manifest(s3_client: Any, bucket: str, prefix: str) -> dict[str, Any] | 
     return None if manifest is None else manifest.to_json()
 
 
+def _pixels(value: Any) -> int | None:
+    """A width or height from XCom, if it is a positive int (XCom is any task's or API user's JSON, not markup)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def describe(s3_client: Any, entries: list[dict[str, Any]]) -> list[ImageView]:
     """Each XCom image entry with its prompt from the manifest of its folder (one read per folder).
 
@@ -119,8 +124,8 @@ def describe(s3_client: Any, entries: list[dict[str, Any]]) -> list[ImageView]:
                 content_type=str(entry.get("content_type") or ""),
                 size_bytes=int(entry.get("size_bytes") or 0),
                 sha256=entry["sha256"],
-                width=entry.get("width"),
-                height=entry.get("height"),
+                width=_pixels(entry.get("width")),
+                height=_pixels(entry.get("height")),
                 index=int(entry.get("index") or 0),
                 prompt_index=int(entry.get("prompt_index") or 0),
                 prompt=prompts[(bucket, folder)],
@@ -280,7 +285,7 @@ def render_page(dag_id: str, run_id: str, task_id: str, map_index: int, views: l
                 'loading="eager"></a>'
                 f"<figcaption><h3>Image {number}</h3>"
                 f'<p class="prompt">{e(view.prompt or "(no manifest found)")}</p>'
-                f"<dl><dt>Size</dt><dd>{pixels}, {view.size_bytes / 1e6:.2f} MB, {e(view.content_type)}</dd>"
+                f"<dl><dt>Size</dt><dd>{e(pixels)}, {view.size_bytes / 1e6:.2f} MB, {e(view.content_type)}</dd>"
                 f'<dt>sha256</dt><dd><code class="sha256">{e(view.sha256)}</code></dd>'
                 f'<dt>S3</dt><dd><code class="s3-uri">{e(view.s3_uri)}</code></dd></dl>'
                 "</figcaption>"

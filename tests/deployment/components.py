@@ -38,6 +38,10 @@ AIRFLOW = [sys.executable, "-m", "airflow"]
 MIGRATE_TIMEOUT = 180.0
 API_READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
+CLI_TIMEOUT = 120.0
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+"""``[core] auth_manager`` of the FAB auth manager (``apache-airflow-providers-fab``): pass it in ``extra_env``
+as ``AIRFLOW__CORE__AUTH_MANAGER``, then :meth:`AirflowDeployment.run_migrate` (FAB's tables too)."""
 _DROPPED_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 _DROPPED_NAMES = {
     "AIRFLOW_HOME",
@@ -298,6 +302,34 @@ class AirflowDeployment:
             )
         if result.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed ({result.returncode}):\n{log.read_text()[-4000:]}")
+
+    def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+        """Run ``airflow <args>`` (e.g. ``users create ...``) in this deployment's environment; return its output.
+
+        :raises RuntimeError: the command failed (with its output).
+        """
+        result = subprocess.run(
+            [*AIRFLOW, *args],
+            env=self.env,
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args[:2])} failed ({result.returncode}):\n{output[-4000:]}")
+        return output
+
+    def password_token(self, username: str, password: str) -> str:
+        """A JWT for ``username`` from ``POST /auth/token`` (the simple and the FAB auth manager both have it)."""
+        with self.client() as client:
+            response = client.post("/auth/token", json={"username": username, "password": password})
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"POST /auth/token as {username}: {response.status_code} {response.text}")
+        return str(response.json()["access_token"])
 
     def start(self, name: str, *args: str, env: Mapping[str, str] | None = None, label: str | None = None) -> Component:
         """Start ``airflow <name> <args>`` as a component.
