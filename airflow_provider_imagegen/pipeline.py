@@ -53,7 +53,6 @@ def open_pipeline(
     *,
     hook: ImageGenHook,
     s3_client: Any,
-    transfer_config: Any,
     max_concurrency: int,
     upload_concurrency: int,
     fail_fast: bool,
@@ -67,7 +66,6 @@ def open_pipeline(
     :param plan: what this try does.
     :param hook: the image API hook (its connection already read).
     :param s3_client: a boto3 S3 client.
-    :param transfer_config: a boto3 ``TransferConfig`` for multipart images.
     :param max_concurrency: prompts generating at once, and prompts copying at once.
     :param upload_concurrency: images of one prompt copied at once.
     :param fail_fast: stop at the first failed prompt.
@@ -84,7 +82,6 @@ def open_pipeline(
         plan.bucket,
         upload_args=plan.upload_args,
         metadata=plan.object_metadata,
-        transfer_config=transfer_config,
     )
     runner = Runner(
         max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log

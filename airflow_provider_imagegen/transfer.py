@@ -52,13 +52,6 @@ HEADER_LIMIT = 1024 * 1024  # the pixel size must be readable within the first M
 PART_SIZE = 5 * 1024 * 1024
 """The multipart part size, and the largest image sent in one ``PutObject``: the smallest part S3
 accepts, so that each copy holds the least memory (one part)."""
-TRANSFER_CONFIG_ARGS: dict[str, Any] = {
-    "multipart_threshold": PART_SIZE,
-    "multipart_chunksize": PART_SIZE,
-    "use_threads": False,  # no read-ahead threads: the copies themselves run in parallel
-}
-"""The boto3 ``TransferConfig`` of the copies (the operator's ``S3Hook`` is built with it)."""
-_MIN_PART, _MAX_PART = 5 * 1024 * 1024, 5 * 1024**3  # what s3transfer clamps the part size to
 _READ_BACK_CHUNK = 1024 * 1024
 _ACCEPTED_NON_IMAGE_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 
@@ -330,8 +323,6 @@ class Copier:
     :param bucket: destination bucket.
     :param upload_args: further ``PutObject``/``upload_fileobj`` ExtraArgs (encryption, ACL, tags...).
     :param metadata: object metadata of each job's images (ASCII values).
-    :param transfer_config: a boto3 ``TransferConfig`` (multipart threshold and part size);
-        default: one of :data:`TRANSFER_CONFIG_ARGS`.
     """
 
     def __init__(
@@ -342,20 +333,18 @@ class Copier:
         *,
         upload_args: dict[str, Any],
         metadata: Callable[[PromptJob], dict[str, str]],
-        transfer_config: Any = None,
     ) -> None:
+        from boto3.s3.transfer import TransferConfig
+
         self.hook = hook
         self.s3_client = s3_client
         self.bucket = bucket
         self.upload_args = upload_args
         self.metadata = metadata
-        if transfer_config is None:
-            from boto3.s3.transfer import TransferConfig
-
-            transfer_config = TransferConfig(**TRANSFER_CONFIG_ARGS)
-        self.transfer_config = transfer_config
-        self.single_put_limit = transfer_config.multipart_threshold
-        self.part_size = min(max(transfer_config.multipart_chunksize, _MIN_PART), _MAX_PART)  # as s3transfer does
+        # parts of PART_SIZE, one in memory per copy; no read-ahead threads: the copies run in parallel
+        self.transfer_config = TransferConfig(
+            multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, use_threads=False
+        )
 
     def copy(self, url: str, key: str, index: int, job: PromptJob) -> CopiedImage:
         """Stream ``url`` into ``s3://{bucket}/{key}``, verified; raise (leaving no object) if anything is off.
@@ -374,9 +363,7 @@ class Copier:
         }
         with self.hook.open_image(url) as image:
             check_content_type(image.content_type, request.content_type)
-            reader = VerifyingReader(
-                image.iter_bytes(), request.output_format, request.dimensions, part_size=self.part_size
-            )
+            reader = VerifyingReader(image.iter_bytes(), request.output_format, request.dimensions, part_size=PART_SIZE)
             etag = self._store(reader, key, upload_args)
         width, height = reader.pixel_size
         return CopiedImage(
@@ -396,7 +383,7 @@ class Copier:
         """Upload the reader's body to ``key`` and verify it: one ``PutObject`` when it fits, else a
         multipart upload. Returns the stored object's ETag."""
         try:
-            body = reader.read_whole(self.single_put_limit)
+            body = reader.read_whole(PART_SIZE)
             if body is not None:
                 return put_verified(
                     self.s3_client, self.bucket, key, body, reader.sha256, upload_args, md5_hex=reader.md5

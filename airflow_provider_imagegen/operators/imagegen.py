@@ -159,20 +159,16 @@ class ImageGenToS3Operator(BaseOperator):
 
     @cached_property
     def s3_hook(self) -> Any:
-        """The amazon provider's S3Hook, tuned for streaming many images at once in little memory.
+        """The amazon provider's S3Hook, with a connection pool big enough for every copy thread.
 
-        The copies' transfer settings (``transfer.TRANSFER_CONFIG_ARGS``: one 5 MiB part in memory per
-        copy, no read-ahead threads), and a connection pool big enough for every copy thread.
+        How the copies upload (part size, one part in memory per copy) is the copier's to say
+        (``transfer.Copier``): they use this hook's client, not its transfer methods.
         """
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from airflow_provider_imagegen.transfer import TRANSFER_CONFIG_ARGS
-
         copies = self.max_concurrency * self.upload_concurrency
         return S3Hook(
-            aws_conn_id=self.aws_conn_id,
-            transfer_config_args=dict(TRANSFER_CONFIG_ARGS),
-            config={"max_pool_connections": max(10, copies + self.max_concurrency)},
+            aws_conn_id=self.aws_conn_id, config={"max_pool_connections": max(10, copies + self.max_concurrency)}
         )
 
     @cached_property
@@ -257,7 +253,6 @@ class ImageGenToS3Operator(BaseOperator):
                 plan,
                 hook=self.hook,
                 s3_client=self.s3_client,
-                transfer_config=self.s3_hook.transfer_config,
                 max_concurrency=self.max_concurrency,
                 upload_concurrency=self.upload_concurrency,
                 fail_fast=self.fail_fast,
