@@ -17,8 +17,8 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 # Airflow 3.1.2 pins fastapi<0.118 itself; its API server also breaks with cadwyn 8 and starlette 1,
 # and its token issuer with PyJWT 2.11+ ("Issuer (iss) must be a string"): Airflow's own constraints
-# for 3.1.2 have PyJWT 2.10, as managed deployments do.
-MIN_CONSTRAINTS := "cadwyn<8" "starlette<1" "pyjwt<2.11"
+# for 3.1.2 have PyJWT 2.10 (and flask-jwt-extended 4.7.1, which works with it), as managed deployments do.
+MIN_CONSTRAINTS := "cadwyn<8" "starlette<1" "pyjwt<2.11" "flask-jwt-extended<4.7.2"
 
 # `make test-lowest`: the built wheel with every direct dependency at its floor (uv's lowest-direct
 # resolution, with the same constraints), in a venv made afresh each time, running tests/release.

@@ -23,7 +23,6 @@ alias event ``extra``          flat values only          as it is (3.2+)
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as _airflow_version
@@ -93,17 +92,22 @@ async def aread_connection(hook: BaseHook, conn_id: str) -> tuple[Connection, di
     Before Airflow 3.3.2, ``aget_connection`` and ``extra_dejson`` register secrets with the
     masker through a synchronous call to the supervisor, which can raise ``DeadlockImminentError``
     in the triggerer's loop (the common-compat provider's ``get_async_connection`` does the same;
-    its safe version needs Python 3.11). There the synchronous read runs in a worker thread.
+    its safe version needs Python 3.11). There the synchronous read runs in a worker thread through
+    asgiref's ``sync_to_async``, not ``asyncio.to_thread``: the triggerer's supervisor calls go back
+    to the loop's own comms lock only from a ``sync_to_async`` thread (from any other thread they
+    race the loop's reads: "Response read out of order", and the trigger runner dies).
     """
     if AIRFLOW_V_3_3_2_PLUS:
         connection = await hook.aget_connection(conn_id)
         return connection, await connection.aextra_dejson()
 
+    from asgiref.sync import sync_to_async
+
     def read() -> tuple[Connection, dict[str, Any]]:
         connection = hook.get_connection(conn_id)
         return connection, connection.extra_dejson
 
-    return await asyncio.to_thread(read)
+    return await sync_to_async(read)()
 
 
 async def amask_secret(secret: str) -> None:
@@ -114,8 +118,9 @@ async def amask_secret(secret: str) -> None:
         await _amask_secret(secret)
         return
     from airflow.sdk.log import mask_secret
+    from asgiref.sync import sync_to_async
 
-    await asyncio.to_thread(mask_secret, secret)
+    await sync_to_async(mask_secret)(secret)
 
 
 def set_during_execution() -> Any:

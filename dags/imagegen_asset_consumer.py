@@ -77,12 +77,16 @@ def validate_new_images(
     if not events:
         recent = int((params or {}).get("recent") or 10)
         print(f"No triggering events: checking the images of the latest {recent} event(s) of {IMAGES_ALIAS!r}")
-        events = list(inlet_events[alias].ascending(False).limit(recent))
+        accessor = inlet_events[alias]
+        if hasattr(accessor, "ascending"):  # Airflow 3.2+: a query, newest first
+            events = list(accessor.ascending(False).limit(recent))
+        else:  # Airflow 3.1: a list, oldest first
+            events = list(accessor)[-recent:][::-1]
     client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
     images: dict[str, tuple[dict[str, Any], Any]] = {}
     for event in events:
         extra = dict(event.extra or {})
-        if "images" not in extra:  # a per-image event (asset_events="image")
+        if "image_count" not in extra:  # a per-image event (asset_events="image")
             images[event.asset.uri] = (extra, event)
             continue
         for uri, image in images_of_event(client, extra):

@@ -75,11 +75,17 @@ def connection(monkeypatch) -> None:
 def test_trigger_connection_read_never_blocks_the_event_loop(connection, monkeypatch):
     """Before 3.3.2 the masking lookups are synchronous: they must run off the loop's thread."""
     calls: list[tuple[str, bool]] = []
+    on_loop: list[bool] = []
     real_sync = BaseHook.get_connection.__func__  # type: ignore[attr-defined]
     real_async = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
 
     def sync_read(cls: Any, conn_id: str) -> Any:
+        from asgiref.sync import SyncToAsync
+
         calls.append(("get_connection", threading.current_thread() is loop_thread))
+        # the supervisor call it makes must find its way back to the loop: only asgiref's thread
+        # knows the loop (from a plain thread, 3.1's triggerer reads replies out of order and dies)
+        on_loop.append(getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None)
         return real_sync(cls, conn_id)
 
     async def async_read(cls: Any, conn_id: str) -> Any:
@@ -98,6 +104,7 @@ def test_trigger_connection_read_never_blocks_the_event_loop(connection, monkeyp
         assert calls == [("aget_connection", True)]
     else:
         assert calls == [("get_connection", False)], "the sync read ran in the event loop's thread"
+        assert on_loop == [True], "the sync read ran in a thread that does not know the event loop"
 
 
 def test_extra_is_read_off_the_loop_before_3_3_2(connection, monkeypatch):

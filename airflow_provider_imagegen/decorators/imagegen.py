@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 
-from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator, default_deferrable
+from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 from airflow_provider_imagegen.version_compat import set_during_execution
 
 if TYPE_CHECKING:
@@ -63,8 +63,6 @@ class _ImageGenDecoratedOperator(DecoratedOperator, ImageGenToS3Operator):
         for name in ("prompt", "prompts"):
             if name in kwargs:
                 raise TypeError(f"@task.imagegen does not take `{name}`: the decorated function returns the prompt(s)")
-        # read each time a DAG file is parsed (the operator's own default was read when it was imported)
-        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(
             python_callable=python_callable,
             op_args=op_args,

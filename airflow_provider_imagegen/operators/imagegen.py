@@ -71,7 +71,8 @@ class ImageGenToS3Operator(BaseOperator):
     :param upload_concurrency: images of one prompt copied to S3 at once.
     :param fail_fast: batch mode: stop at the first failed prompt; otherwise finish the others
         and then fail, naming every failed prompt.
-    :param deferrable: wait for the API in the triggerer instead of holding a worker slot.
+    :param deferrable: wait for the API in the triggerer instead of holding a worker slot; by
+        default ``[operators] default_deferrable``, read when the DAG file is parsed.
     :param max_image_bytes: the most bytes accepted for one image.
     :param asset_events: ``"task"``: one event per outlet and task instance (an alias resolves to
         ``s3://{bucket}/imagegen/{dag_id}/{task_id}``); ``"image"``: aliases get one asset per image.
@@ -111,7 +112,7 @@ class ImageGenToS3Operator(BaseOperator):
         max_concurrency: int = 4,
         upload_concurrency: int = 10,
         fail_fast: bool = False,
-        deferrable: bool = default_deferrable(),
+        deferrable: bool | None = None,
         max_image_bytes: int | None = None,
         asset_events: str = "task",
         **kwargs: Any,
@@ -143,7 +144,7 @@ class ImageGenToS3Operator(BaseOperator):
         self.max_concurrency = max_concurrency
         self.upload_concurrency = upload_concurrency
         self.fail_fast = fail_fast
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.max_image_bytes = max_image_bytes
         self.asset_events = check_asset_events(asset_events)
 
