@@ -34,24 +34,6 @@ class NotStarted(Exception):
     """A prompt skipped by ``fail_fast`` after another one failed (reported as "not started")."""
 
 
-class Slots:
-    """At most ``size`` holders at once (``with slots: ...``), for bounded work outside a task try.
-
-    The Images tab's thumbnails use it in the API server.
-
-    :param size: how many may hold a slot at once (1: a lock).
-    """
-
-    def __init__(self, size: int) -> None:
-        self._semaphore = threading.BoundedSemaphore(size)
-
-    def __enter__(self) -> None:
-        self._semaphore.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._semaphore.release()
-
-
 class Runner:
     """Bounded concurrency for one task try; use as a context manager (it owns a small thread pool).
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 
+from airflow_provider_imagegen.gallery import describe, image_entries, image_url
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -74,8 +76,6 @@ class ImageReviewOperator(HITLOperator):
 
     def review_images(self) -> list[dict[str, Any]]:
         """The rendered ``images`` as one flat list of image dicts."""
-        from airflow_provider_imagegen.plugins._app import image_entries
-
         value = self.images
         if not isinstance(value, (list, tuple, dict)):
             value = list(value)  # a lazy XCom sequence (from a mapped upstream)
@@ -110,8 +110,6 @@ class ImageReviewOperator(HITLOperator):
         :param context: the task's context (the DAG and run the image links name).
         :param images: the images under review.
         """
-        from airflow_provider_imagegen.plugins._app import describe, image_url
-
         ti = context["ti"]
         views = {view.key: view for view in describe(self._s3_client(), images)}
         base = self._base_url()

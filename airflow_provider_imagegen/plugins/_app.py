@@ -6,7 +6,8 @@ Airflow's REST API (:mod:`airflow.api_fastapi.core_api.security`): the caller's 
 the DAG's task instances and XComs. Without it the answer is 401/403 and no image bytes.
 
 Which images a task instance has comes from its XCom (one dict per image, as the operator and
-``@task.imagegen`` return it); their prompts from the manifests beside them. An image is only
+``@task.imagegen`` return it); their prompts from the manifests beside them (both read by
+:mod:`airflow_provider_imagegen.gallery`, which the review operator shares). An image is only
 served if its key appears in an XCom of that DAG run, so the app never reads arbitrary objects.
 S3 is read with the AWS connection ``[imagegen] ui_aws_conn_id`` (default ``aws_default``).
 Thumbnails are made on the fly (Pillow) from images up to :data:`MAX_THUMBNAIL_SOURCE_BYTES`,
@@ -18,18 +19,18 @@ from __future__ import annotations
 import functools
 import html
 import io
-import logging
+import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-from airflow_provider_imagegen.runner import Slots
+from airflow_provider_imagegen.gallery import describe, image_entries, image_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from fastapi import FastAPI
+
+    from airflow_provider_imagegen.gallery import ImageView
 
 DEFAULT_AWS_CONN_ID = "aws_default"
 THUMBNAIL_BOX = 320
@@ -42,96 +43,10 @@ THUMBNAIL_CACHE_ENTRIES = 256
 STREAM_CHUNK = 1024 * 1024
 IMAGE_TYPES = {"image/png", "image/jpeg"}
 
-_thumbnail_slots = Slots(THUMBNAIL_WORKERS)
+# the routes are sync functions: FastAPI runs them in its thread pool
+_thumbnail_slots = threading.BoundedSemaphore(THUMBNAIL_WORKERS)
 _thumbnail_cache: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
-_thumbnail_cache_lock = Slots(1)
-
-
-@dataclass(frozen=True)
-class ImageView:
-    """One stored image as the page shows it."""
-
-    bucket: str
-    key: str
-    s3_uri: str
-    content_type: str
-    size_bytes: int
-    sha256: str
-    width: int | None
-    height: int | None
-    index: int
-    prompt_index: int
-    prompt: str | None
-
-
-def image_entries(value: Any) -> list[dict[str, Any]]:
-    """The image dicts in an XCom value (the operator's list, or lists of them from mapped tasks).
-
-    :param value: a deserialised XCom value.
-    """
-    if isinstance(value, dict):
-        keys_ok = isinstance(value.get("bucket"), str) and isinstance(value.get("key"), str)
-        return [value] if keys_ok and isinstance(value.get("sha256"), str) else []
-    if isinstance(value, (list, tuple)):
-        return [entry for item in value for entry in image_entries(item)]
-    return []
-
-
-def read_manifest(s3_client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
-    """The manifest of the images under ``prefix`` (``None`` if there is none or it is unreadable).
-
-    Read through the record store, the one code that reads the provider's records.
-
-    :param s3_client: a boto3 S3 client.
-    :param bucket: the bucket.
-    :param prefix: the folder of the images (``{prefix}/manifest.json``).
-    """
-    from airflow_provider_imagegen.records import RecordStore
-
-    store = RecordStore(s3_client, bucket, upload_args={}, log=logging.getLogger(__name__))
-    try:
-        manifest = store.read_manifest(prefix)
-    except Exception:  # a missing or unreadable manifest: the page still shows the images
-        return None
-    return None if manifest is None else manifest.to_json()
-
-
-def _pixels(value: Any) -> int | None:
-    """A width or height from XCom, if it is a positive int (XCom is any task's or API user's JSON, not markup)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def describe(s3_client: Any, entries: list[dict[str, Any]]) -> list[ImageView]:
-    """Each XCom image entry with its prompt from the manifest of its folder (one read per folder).
-
-    :param s3_client: a boto3 S3 client.
-    :param entries: image dicts from XCom.
-    """
-    prompts: dict[tuple[str, str], str | None] = {}
-    views = []
-    for entry in entries:
-        bucket, key = entry["bucket"], entry["key"]
-        folder = key.rsplit("/", 1)[0] if "/" in key else ""
-        if (bucket, folder) not in prompts:
-            manifest = read_manifest(s3_client, bucket, folder)
-            prompt = manifest.get("prompt") if manifest else None
-            prompts[(bucket, folder)] = prompt if isinstance(prompt, str) else None
-        views.append(
-            ImageView(
-                bucket=bucket,
-                key=key,
-                s3_uri=str(entry.get("s3_uri") or f"s3://{bucket}/{key}"),
-                content_type=str(entry.get("content_type") or ""),
-                size_bytes=int(entry.get("size_bytes") or 0),
-                sha256=entry["sha256"],
-                width=_pixels(entry.get("width")),
-                height=_pixels(entry.get("height")),
-                index=int(entry.get("index") or 0),
-                prompt_index=int(entry.get("prompt_index") or 0),
-                prompt=prompts[(bucket, folder)],
-            )
-        )
-    return views
+_thumbnail_cache_lock = threading.Lock()
 
 
 def xcom_images(dag_id: str, run_id: str, task_id: str | None = None, map_index: int | None = None) -> list[dict]:
@@ -186,19 +101,6 @@ def _s3_client(conn_id: str) -> Any:
 def s3_client() -> Any:
     """A boto3 S3 client of :func:`aws_conn_id` (built once per connection id and process)."""
     return _s3_client(aws_conn_id())
-
-
-def image_url(dag_id: str, run_id: str, key: str, *, thumbnail: bool = False, base: str = "") -> str:
-    """The app's URL of one image of a DAG run (``base`` is the API server's URL or path prefix).
-
-    :param dag_id: the DAG.
-    :param run_id: the run whose XCom lists the image.
-    :param key: the image's S3 key.
-    :param thumbnail: the thumbnail instead of the full image.
-    :param base: prepended as is, e.g. ``https://airflow.example.com`` (no trailing slash).
-    """
-    url = f"{base}/imagegen/images/{quote(dag_id, safe='')}/{quote(run_id, safe='')}?key={quote(key, safe='')}"
-    return url + "&thumbnail=true" if thumbnail else url
 
 
 def make_thumbnail(data: bytes, content_type: str) -> tuple[bytes, str]:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagegen.gallery import URL_PREFIX
 from airflow_provider_imagegen.version_compat import AirflowPlugin
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
-
-URL_PREFIX = "/imagegen"
-"""Where the API server mounts the plugin's app."""
 
 
 class _LazyASGIApp:

@@ -76,12 +76,12 @@ def test_options_and_multiple_are_the_operators_own():
 def test_body_escapes_the_prompt_and_links_through_the_plugin(monkeypatch):
     from types import SimpleNamespace
 
-    from airflow_provider_imagegen.plugins import _app
+    from airflow_provider_imagegen import gallery
 
     op = _review([_image(0)])
     op.image_base_url = "https://airflow.example.com/"
     monkeypatch.setattr(op, "_s3_client", lambda: None)
-    monkeypatch.setattr(_app, "read_manifest", lambda client, bucket, prefix: {"prompt": "a *bold* [link](x)"})
+    monkeypatch.setattr(gallery, "read_manifest", lambda client, bucket, prefix: {"prompt": "a *bold* [link](x)"})
     body = op.review_body({"ti": SimpleNamespace(dag_id="d", run_id="r")}, [_image(0)])
     assert (
         "https://airflow.example.com/imagegen/images/d/r?key=imagegen%2Fd%2Fr%2Fgenerate%2F00.png&thumbnail=true"
