@@ -14,10 +14,12 @@ PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 
 
 class RecordingOutletEvents:
-    """Stands in for ``context["outlet_events"]``: records every ``add`` per outlet."""
+    """Stands in for ``context["outlet_events"]``: records every ``add`` per outlet, and the
+    ``extra`` set on an outlet's event (a static ``Asset``'s)."""
 
     def __init__(self) -> None:
         self.added: list[tuple[Any, Any, dict[str, Any] | None]] = []
+        self.extras: dict[Any, dict[str, Any]] = {}
 
     def __getitem__(self, outlet: Any) -> Any:
         events = self
@@ -25,6 +27,14 @@ class RecordingOutletEvents:
         class _Accessor:
             def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
                 events.added.append((outlet, asset, extra))
+
+            @property
+            def extra(self) -> dict[str, Any]:
+                return events.extras.setdefault(outlet, {})
+
+            @extra.setter
+            def extra(self, value: dict[str, Any]) -> None:
+                events.extras[outlet] = value
 
         return _Accessor()
 
@@ -46,6 +56,38 @@ def make_context(
         "run_id": run_id,
         "outlet_events": outlet_events if outlet_events is not None else RecordingOutletEvents(),
     }
+
+
+def image_bytes(image_format: str, size: tuple[int, int] = (64, 32), *, padding: int = 0) -> bytes:
+    """A real one-colour PNG or JPEG of ``size`` pixels (Pillow).
+
+    :param image_format: ``png`` or ``jpeg``.
+    :param size: (width, height).
+    :param padding: a PNG only: this many more bytes, in a private chunk before ``IEND`` (a big
+        image without the time Pillow takes to encode one).
+    """
+    import io
+    import os
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 60)).save(buffer, format=image_format.upper())
+    data = buffer.getvalue()
+    if not padding:
+        return data
+    if image_format != "png":
+        raise ValueError("only a PNG can be padded")
+    payload = os.urandom(padding)
+    chunk = struct.pack(">I", len(payload)) + b"prVt" + payload + struct.pack(">I", zlib.crc32(b"prVt" + payload))
+    return data[:-12] + chunk + data[-12:]
+
+
+def chunk_list(data: bytes, size: int) -> list[bytes]:
+    """``data`` in pieces of ``size`` bytes (the last one shorter)."""
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def list_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
