@@ -19,7 +19,7 @@ class RecordingOutletEvents:
 
     def __init__(self) -> None:
         self.added: list[tuple[Any, Any, dict[str, Any] | None]] = []
-        self.extras: dict[Any, dict[str, Any]] = {}
+        self.extras: list[tuple[Any, dict[str, Any]]] = []  # (outlet, extra) as set; an Asset is unhashable on 3.1
 
     def __getitem__(self, outlet: Any) -> Any:
         events = self
@@ -30,11 +30,11 @@ class RecordingOutletEvents:
 
             @property
             def extra(self) -> dict[str, Any]:
-                return events.extras.setdefault(outlet, {})
+                return next((extra for known, extra in reversed(events.extras) if known == outlet), {})
 
             @extra.setter
             def extra(self, value: dict[str, Any]) -> None:
-                events.extras[outlet] = value
+                events.extras.append((outlet, value))
 
         return _Accessor()
 
