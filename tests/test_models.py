@@ -17,6 +17,7 @@ from airflow_provider_imagegen.models import (
     QUALITIES,
     REQUEST_PARAMETERS,
     SIZES,
+    CopiedImage,
     ImageGenerationRequest,
     ImageGenerationResult,
     RequestParameters,
@@ -318,3 +319,24 @@ def test_good_input_does_reach_the_mock(recorded_requests):
 def test_the_keyword_arguments_type_names_every_request_parameter():
     assert tuple(RequestParameters.__annotations__) == REQUEST_PARAMETERS
     assert "prompt" not in REQUEST_PARAMETERS
+
+
+def test_copied_image_dict_round_trip():
+    image = CopiedImage(
+        index=1, bucket="b", key="p/01.png", content_type="image/png", size_bytes=10, sha256="ab", width=2, height=3
+    )
+    data = image.to_dict()
+    assert set(data) == {
+        "s3_uri",
+        "bucket",
+        "key",
+        "index",
+        "prompt_index",
+        "content_type",
+        "size_bytes",
+        "sha256",
+        "width",
+        "height",
+    }
+    assert data["s3_uri"] == "s3://b/p/01.png"
+    assert CopiedImage.from_dict(data) == image

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
 from airflow_provider_imagegen.plan import (
     Plan,
     TaskIdentity,
     build_plan,
+    default_prefix,
+    image_key,
+    safe_segment,
     task_prefix,
     upload_args,
 )
 
 TASK = TaskIdentity(dag_id="daily", run_id="manual__2026-01-01T00:00:00+00:00", task_id="gen", try_number=1)
 DEFAULT = "imagegen/daily/manual__2026-01-01T00-00-00-00-00/gen"
+SAFE_KEY = re.compile(r"^[A-Za-z0-9._=/-]+$")
+SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
 
 
 def _plan(**overrides) -> Plan:
@@ -139,3 +148,85 @@ def test_task_identity_from_a_context():
     identity = TaskIdentity.from_context({"ti": TI(), "run_id": "r"})
     assert identity == TaskIdentity("d", "r", "t", map_index=-1, try_number=3)
     assert identity.record(2)["prompt_index"] == 2
+
+
+# -- key layout -----------------------------------------------------------------------------------
+
+
+def test_airflow_run_id_becomes_a_readable_segment():
+    assert safe_segment("manual__2026-01-01T00:00:00+00:00") == "manual__2026-01-01T00-00-00-00-00"
+    assert safe_segment("scheduled__2026-01-01T00:00:00+00:00") == "scheduled__2026-01-01T00-00-00-00-00"
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        "manual__2026-01-01T00:00:00+00:00",
+        "scheduled__2026-03-04T05:06:07.123456+00:00",
+        "my run with spaces",
+        "ünïcödé run — 日本語",
+        "a/b/../c",
+        "..",
+        "???",
+        "trailing-",
+    ],
+)
+def test_default_prefix_is_s3_safe_for_odd_run_ids(run_id):
+    prefix = default_prefix("my_dag", run_id, "generate", -1)
+    assert SAFE_KEY.match(prefix), prefix
+    parts = prefix.split("/")
+    assert parts[:2] == ["imagegen", "my_dag"]
+    assert parts[3:] == ["generate"]
+    assert parts[2] not in ("", ".", "..")
+
+
+def test_lossy_cleaning_keeps_distinct_run_ids_apart():
+    assert safe_segment("run ä") != safe_segment("run ö")
+    assert safe_segment("a/b") != safe_segment("a b")
+
+
+def test_mapped_task_adds_map_index():
+    assert default_prefix("d", "r", "t", 2) == "imagegen/d/r/t/2"
+    assert default_prefix("d", "r", "t", 0) == "imagegen/d/r/t/0"
+    assert default_prefix("d", "r", "t", -1) == "imagegen/d/r/t"
+    assert default_prefix("d", "r", "t", None) == "imagegen/d/r/t"
+
+
+def test_image_key_is_zero_padded():
+    assert image_key("p", 0, "png") == "p/00.png"
+    assert image_key("p", 9, "jpg") == "p/09.jpg"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_safe_segment_is_always_non_empty_and_safe(value):
+    segment = safe_segment(value)
+    assert segment
+    assert SAFE_SEGMENT.match(segment), segment
+    assert segment not in (".", "..")
+    assert safe_segment(segment) == segment  # stable: already-safe names are kept as they are
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec="ascii", categories=("L", "N")) | st.sampled_from("._=-"), min_size=1))
+def test_safe_segment_keeps_safe_names(value):
+    if value.strip("-.") == value:
+        assert safe_segment(value) == value
+
+
+# -- helpers of the plan --------------------------------------------------------------------------
+
+
+def test_as_int_and_metadata_helpers():
+    from airflow_provider_imagegen.plan import as_int as _as_int
+    from airflow_provider_imagegen.plan import metadata_value as _metadata_value
+    from airflow_provider_imagegen.plan import parse_list as _parse_list
+
+    assert _as_int("n", "3") == 3
+    assert _as_int("n", " 10 ") == 10
+    assert _as_int("n", "three") == "three"
+    assert _as_int("n", None) is None
+    assert _metadata_value("manual__2026-01-01T00:00:00+00:00") == "manual__2026-01-01T00:00:00+00:00"
+    assert _metadata_value("ü").isascii()
+    assert _parse_list('["a", "b"]') == ["a", "b"]
+    assert _parse_list("['a', 'b']") == ["a", "b"]

@@ -28,6 +28,7 @@ from airflow_provider_imagegen.plan import PromptJob
 from airflow_provider_imagegen.transfer import (
     PART_SIZE,
     Copier,
+    check_content_type,
     put_verified,
     read_back_sha256,
     verify_stored_object,
@@ -172,6 +173,16 @@ def test_an_s3_refusal_becomes_a_storage_error_permanent_when_retrying_cannot_he
         Copier(ServingHook({URL: data}), s3, "no-such-bucket", upload_args={}, metadata=lambda job: {}).copy(  # type: ignore[arg-type]
             URL, JOB.image_key(0), 0, JOB
         )
+
+
+def test_check_content_type():
+    check_content_type("image/png", "image/png")
+    check_content_type("application/octet-stream", "image/png")
+    check_content_type("", "image/jpeg")
+    with pytest.raises(ImageGenImageVerificationError, match="text/html"):
+        check_content_type("text/html", "image/png")
+    with pytest.raises(ImageGenImageVerificationError):
+        check_content_type("image/jpeg", "image/png")
 
 
 # -- verify_stored_object and put_verified, on a fake client -------------------------------------------

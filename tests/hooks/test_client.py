@@ -197,6 +197,13 @@ def test_settings_through_an_airflow_uri_form_connection():
     assert (settings.timeout, settings.max_retries) == (30.0, 2)
 
 
+def test_public_url_leaves_out_credentials_and_query():
+    def _public_url(url):
+        return ConnectionSettings(api_key="k", base_url=url, endpoint="").public_url
+
+    assert _public_url("https://user:secret@api.example.com:8443/v3/x?key=1") == "https://api.example.com:8443/v3/x"
+
+
 def test_user_agent_names_package_and_version():
     from airflow_provider_imagegen import __version__
 

@@ -9,8 +9,9 @@ import io
 import pytest
 from PIL import Image
 
-from airflow_provider_imagegen.exceptions import ImageGenDownloadError
+from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenImageVerificationError
 from airflow_provider_imagegen.transfer import VerifyingReader
+from tests.support import chunk_list, image_bytes
 
 
 def _image(image_format: str, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -47,3 +48,84 @@ def test_a_body_that_ends_early_is_refused(image_format, marker, keep):
     with pytest.raises(ImageGenDownloadError, match=f"cut short: .* {marker} at the end"):
         reader.read()
     assert not reader.finished
+
+
+# -- streaming, whole reads and refusals --------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024, 10**6])
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_reader_streams_hashes_and_measures(fmt, chunk):
+    data = image_bytes(fmt, (300, 200))
+    reader = VerifyingReader(iter(chunk_list(data, chunk)), fmt, (300, 200))
+    out = bytearray()
+    while block := reader.read(4096):
+        out += block
+    assert bytes(out) == data
+    assert reader.sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.size == len(data)
+    assert reader.dimensions == (300, 200)
+    assert reader.finished
+
+
+def test_reader_read_all():
+    data = image_bytes("png")
+    reader = VerifyingReader(iter(chunk_list(data, 10)), "png", None)
+    assert reader.read() == data
+    assert reader.read() == b""
+    assert reader.finished
+    assert reader.dimensions == (64, 32)
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 10**6])
+def test_reader_read_whole_within_the_limit(chunk):
+    data = image_bytes("png")
+    reader = VerifyingReader(iter(chunk_list(data, chunk)), "png", (64, 32))
+    assert reader.read_whole(len(data)) == data
+    assert reader.finished
+    assert reader.sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.read() == b""
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 10**6])
+def test_reader_read_whole_over_the_limit_consumes_nothing(chunk):
+    data = image_bytes("png")
+    reader = VerifyingReader(iter(chunk_list(data, chunk)), "png", (64, 32))
+    assert reader.read_whole(len(data) - 1) is None
+    assert not reader.finished
+    out = bytearray()
+    while block := reader.read(50):
+        out += block
+    assert bytes(out) == data  # what was read ahead comes first
+    assert reader.finished
+
+
+def test_reader_read_whole_still_checks():
+    reader = VerifyingReader(iter([image_bytes("png", (100, 100))]), "png", (1024, 1024))
+    with pytest.raises(ImageGenImageVerificationError, match="100x100 pixels"):
+        reader.read_whole(10**6)
+
+
+def test_reader_refuses_wrong_format():
+    reader = VerifyingReader(iter([image_bytes("jpeg")]), "png", None)
+    with pytest.raises(ImageGenImageVerificationError, match="png was asked"):
+        reader.read(1024)
+
+
+def test_reader_refuses_wrong_dimensions():
+    reader = VerifyingReader(iter([image_bytes("png", (100, 100))]), "png", (1024, 1024))
+    with pytest.raises(ImageGenImageVerificationError, match="100x100 pixels, but 1024x1024"):
+        reader.read(1024)
+
+
+def test_reader_refuses_empty_and_html_bodies():
+    with pytest.raises(ImageGenImageVerificationError, match="empty"):
+        VerifyingReader(iter([]), "png", None).read(10)
+    with pytest.raises(ImageGenImageVerificationError, match="not a PNG or JPEG"):
+        VerifyingReader(iter([b"<html>"]), "png", None).read(10)
+
+
+def test_reader_refuses_truncated_header():
+    data = image_bytes("png")[:20]  # signature but no complete IHDR
+    with pytest.raises(ImageGenImageVerificationError, match="pixel size"):
+        VerifyingReader(iter([data]), "png", None).read(100)
