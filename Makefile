@@ -24,9 +24,9 @@ MIN_CONSTRAINTS := "cadwyn<8" "starlette<1" "pyjwt<2.11" "flask-jwt-extended<4.7
 # resolution, with the same constraints), in a venv made afresh each time, running tests/release.
 LOWEST_VENV := $(TOOLS)/venv-lowest
 
-LINT_PATHS := airflow_provider_imagegen dags tests bench demo
+LINT_PATHS := airflow_provider_imagegen dags tests bench demo docs
 
-.PHONY: install system-deps lint typecheck unit test test-min test-lowest demo bench clean
+.PHONY: install system-deps lint typecheck unit docs docs-screenshots test test-min test-lowest demo bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -46,7 +46,7 @@ $(MIN_STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
 	# the dev group as locked, but for the celery and fab providers: their locked versions need the
 	# newest Airflow's dependencies, so they are resolved afresh beside the oldest Airflow.
-	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet \
+	$(UV) export --frozen --only-group dev --only-group docs --no-hashes --no-emit-project --quiet \
 		--prune apache-airflow-providers-celery --prune celery --prune apache-airflow-providers-fab \
 		-o $(MIN_VENV)/dev-requirements.txt
 	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
@@ -65,7 +65,15 @@ typecheck: install
 unit: install
 	$(RUN) pytest $(PYTEST_ARGS)
 
-test: system-deps lint typecheck unit
+# The Sphinx site in docs/_build/html: from scratch each time (-E), warnings are errors, nitpicky references.
+docs: install
+	$(RUN) sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
+
+# Re-take docs/_static/screenshots/*.png with the browser tests and the demo (docs/screenshots.py).
+docs-screenshots: system-deps install
+	$(RUN) python docs/screenshots.py
+
+test: system-deps lint typecheck docs unit
 
 # The same tests against the oldest supported Airflow (not locked: resolved against MIN_AIRFLOW).
 test-min: system-deps $(MIN_STAMP)
@@ -94,4 +102,4 @@ bench: install
 	$(RUN) python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) demo-output .airflow-demo bench/results
+	rm -rf $(VENV) $(MIN_VENV) $(TOOLS) demo-output .airflow-demo bench/results docs/_build

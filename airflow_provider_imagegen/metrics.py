@@ -3,18 +3,8 @@
 :class:`TryTally` is told every event of one try (an API call's outcome, images stored, images
 reused) by the pipeline's threads; it adds them up for the summary line logged at the end of the
 try and sends each to Airflow's own metrics system (StatsD, Datadog or OpenTelemetry, whichever
-the deployment's ``[metrics]`` section turns on; nothing is sent when none is). Metric names,
-all under Airflow's ``[metrics] statsd_prefix`` (default ``airflow``):
-
-=====================================  =======  ==================================================
-``imagegen.generation_calls.<outcome>``  counter  API generation calls; ``success`` or the error
-                                                  class (``ImageGenRateLimitError`` …)
-``imagegen.images_stored``             counter  images copied to S3 and verified
-``imagegen.images_reused``             counter  images reused from an earlier try (no API call)
-``imagegen.bytes_stored``              counter  bytes of the images copied to S3
-``imagegen.generation``                timer    one generation call (ms)
-``imagegen.copy_to_s3``                timer    one prompt's copy to S3 and commit (ms)
-=====================================  =======  ==================================================
+the deployment's ``[metrics]`` section turns on; nothing is sent when none is). The metric
+names, all under Airflow's ``[metrics] statsd_prefix`` (default ``airflow``), are :data:`METRICS`.
 
 The same names carry an ``outcome`` tag where the backend supports tags (OpenTelemetry, Datadog).
 """
@@ -29,6 +19,20 @@ if TYPE_CHECKING:
     from airflow_provider_imagegen.task_log import TaskLog
 
 PREFIX = "imagegen"
+
+METRICS: tuple[tuple[str, str, str], ...] = (
+    (
+        f"{PREFIX}.generation_calls.<outcome>",
+        "counter",
+        "generation calls: ``success``, or the error class after the hook's retries (``ImageGenRateLimitError``...)",
+    ),
+    (f"{PREFIX}.images_stored", "counter", "images copied to S3 and verified"),
+    (f"{PREFIX}.images_reused", "counter", "images reused from an earlier try (no API call)"),
+    (f"{PREFIX}.bytes_stored", "counter", "bytes of the images copied to S3"),
+    (f"{PREFIX}.generation", "timer", "one generation call (ms)"),
+    (f"{PREFIX}.copy_to_s3", "timer", "one prompt's copy to S3 and its manifest (ms)"),
+)
+"""Every metric ``TryTally`` sends: (name, kind, what it counts or times); the docs' table is made from it."""
 
 
 @dataclass

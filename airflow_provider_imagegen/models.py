@@ -167,6 +167,7 @@ class ImageGenerationResult:
     :param request: the validated request that was sent.
     :param elapsed: seconds the call took, retries included.
     :param attempts: how many HTTP attempts were made.
+    :param request_id: the API's request id, if it sent one (scrubbed: printable ASCII, at most 128 characters).
     """
 
     image_urls: list[str]

@@ -2,8 +2,8 @@
 
 In the style of the official providers' ``version_compat.py``: the version flags, and each import
 whose path moved or whose public form is missing on some supported version. Every other module
-imports these names from here and never branches on the Airflow version itself. The branches and
-the tests that cover each are listed in the README's version table.
+imports these names from here and never branches on the Airflow version itself. What users see
+change between versions is listed in :data:`VERSION_DIFFERENCES` (the README's and the docs' table).
 
 =============================  ========================  =========================================
 what                           Airflow 3.1               Airflow 3.2+ / 3.3.2+
@@ -183,3 +183,48 @@ __all__ = [
     "set_during_execution",
     "stats_facade",
 ]
+
+
+VERSION_DIFFERENCES: tuple[tuple[str, str, str], ...] = (
+    (
+        "the connection form",
+        "built from the hook's ``get_connection_form_widgets`` / ``get_ui_field_behaviour`` (wtforms, "
+        "a dependency); number fields take whole numbers",
+        "built from the provider info's ``conn-fields`` / ``ui-field-behaviour``",
+    ),
+    (
+        "*Test* on a saved connection in the Connections list",
+        "the UI sends the key masked (``***``): the hook says so and sends nothing; test from the *Add* "
+        "form, ``airflow connections test`` or a task",
+        "tests the stored key",
+    ),
+    (
+        "the trigger's connection read",
+        "the sync read, in asgiref's worker thread",
+        "the same before 3.3.2; ``aget_connection`` from 3.3.2",
+    ),
+    (
+        "asset events through an ``AssetAlias``",
+        "``extra`` without lists (no ``images`` / ``manifests``, ``truncated: true``): consumers read "
+        "the manifests under ``prefix``",
+        "the full ``extra``",
+    ),
+    (
+        "the review step (``ImageReviewOperator``)",
+        "a deferred HITL task",
+        "3.2: a deferred HITL task; 3.3: ``awaiting_input``",
+    ),
+    ("metrics", "core's ``Stats``", "the task SDK's metrics"),
+    (
+        "the Images tab plugin",
+        "registered by the ``airflow.plugins`` entry point",
+        "the same (3.3 would load a provider-info plugin only with ``lazy_discover_providers = False``)",
+    ),
+    (
+        "deferrable mode starting in the triggerer",
+        "not available: a deferrable task starts on a worker, then defers",
+        "3.3+ only; being built, not released yet",
+    ),
+)
+"""What a user sees differ between the supported Airflow versions: (what, on Airflow 3.1, on Airflow
+3.2 and 3.3). The README's and the docs' version tables are made from it (``tests/docs`` checks the README's)."""

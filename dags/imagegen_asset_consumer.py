@@ -44,6 +44,7 @@ def check_object(client: Any, uri: str, extra: dict[str, Any]) -> str | None:
     return None
 
 
+# [START howto_asset_consumer_read_event]
 def images_of_event(client: Any, extra: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """``(s3 URI, {"size_bytes", "sha256"})`` of every image a task-level event announced.
 
@@ -60,6 +61,9 @@ def images_of_event(client: Any, extra: dict[str, Any]) -> list[tuple[str, dict[
                 manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
                 images.update({image["key"]: image for image in manifest["images"]})
     return [(f"s3://{bucket}/{key}", image) for key, image in sorted(images.items())]
+
+
+# [END howto_asset_consumer_read_event]
 
 
 @task(multiple_outputs=False, inlets=[AssetAlias(IMAGES_ALIAS)])
@@ -102,6 +106,7 @@ def validate_new_images(
     return {"checked": sorted(images)}
 
 
+# [START howto_asset_consumer]
 with DAG(
     dag_id="imagegen_asset_consumer",
     description="Validate newly generated images announced through the imagegen_images asset alias",
@@ -113,3 +118,4 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     validate_new_images()
+# [END howto_asset_consumer]

@@ -27,7 +27,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, AssetAlias, Param, get_current_context, task
 
+# [START howto_operator_imagegen_to_s3_import]
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+
+# [END howto_operator_imagegen_to_s3_import]
 
 IMAGES_ALIAS = "imagegen_images"
 THUMBNAIL_BOX = (320, 320)

@@ -108,6 +108,7 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     prompts = build_prompts()
+    # [START howto_operator_imagegen_to_s3_mapped]
     product_images = ImageGenToS3Operator.partial(
         task_id="generate_product_images",
         s3_bucket="{{ params.bucket }}",
@@ -120,4 +121,5 @@ with DAG(
         retry_delay=timedelta(seconds=30),
         retry_exponential_backoff=True,
     ).expand(prompt=prompts)
+    # [END howto_operator_imagegen_to_s3_mapped]
     collect_results(prompts=prompts, results=product_images.output)

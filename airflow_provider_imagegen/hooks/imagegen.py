@@ -273,7 +273,8 @@ class ImageGenHook(BaseHook):
 
         The URL is checked first (https, or the API's own origin; no internal hosts). No
         Authorization header is sent; redirects are followed only to https URLs. A non-200
-        answer (an expired URL gives 403/404) raises :class:`ImageGenDownloadError`.
+        answer (an expired URL gives 403/404) raises
+        :class:`~airflow_provider_imagegen.exceptions.ImageGenDownloadError`.
 
         :param url: an image URL the API returned.
         """
