@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,30 +47,21 @@ def read_object(s3_server: Any, bucket: str, key: str) -> bytes:
     return s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def read_json(s3_server: Any, bucket: str, key: str) -> Any:
-    """One JSON object from S3."""
-    return json.loads(read_object(s3_server, bucket, key))
-
-
-def list_keys(s3_server: Any, bucket: str, prefix: str = "") -> set[str]:
-    """Every key under ``prefix``."""
-    paginator = s3_server.client().get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
-    return {item["Key"] for page in pages for item in page.get("Contents", [])}
-
-
 def verify_images(s3_server: Any, emulator: Any, images: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Read every image back from S3 and check it byte for byte; return the manifests by prefix.
 
     Each object's sha256 must equal the XCom's, its manifest's, and that of the bytes the emulator
     served for the same prompt and image index.
     """
+    from tests.support import read_json
+
     served = {(image.prompt, image.index): image.sha256 for image in emulator.state.images}
     manifests: dict[str, dict[str, Any]] = {}
+    s3 = s3_server.client()
     for image in images:
         prefix = image["key"].rsplit("/", 1)[0]
         if prefix not in manifests:
-            manifests[prefix] = read_json(s3_server, image["bucket"], f"{prefix}/manifest.json")
+            manifests[prefix] = read_json(s3, image["bucket"], f"{prefix}/manifest.json")
         manifest = manifests[prefix]
         body = read_object(s3_server, image["bucket"], image["key"])
         digest = hashlib.sha256(body).hexdigest()

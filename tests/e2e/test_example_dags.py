@@ -9,14 +9,13 @@ import pytest
 
 from airflow_provider_imagegen.plan import default_prefix
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
+from tests.support import list_keys, read_json
 
 from .support import (
     DAGS_FOLDER,
     LOGICAL_DATE,
     PNG_MAGIC,
-    list_keys,
     load_dag,
-    read_json,
     read_object,
     task_states,
     verify_images,
@@ -51,7 +50,7 @@ def check_daily_outputs(s3_server, emulator, bucket: str, images: list[dict], n:
 
     thumbnails = [f"{prefix}/thumbnails/{i:02d}.png" for i in range(n)]
     expected = {image["key"] for image in images} | set(thumbnails) | {f"{prefix}/manifest.json"}
-    assert list_keys(s3_server, bucket, prefix) == expected | {f"{prefix}/gallery.html"}
+    assert set(list_keys(s3_server.client(), bucket, prefix)) == expected | {f"{prefix}/gallery.html"}
     for key in thumbnails:
         check_thumbnail(read_object(s3_server, bucket, key))
 
@@ -148,7 +147,7 @@ def test_mapped_prompts_end_to_end(run_dag, emulator, s3_server, s3_bucket):
     assert len(labels) == len(skus)
     assert all(label.startswith("Product photo of a") for label in labels), labels
 
-    summary = read_json(s3_server, s3_bucket, f"{task_prefix}/summary.json")
+    summary = read_json(s3_server.client(), s3_bucket, f"{task_prefix}/summary.json")
     assert summary["image_count"] == 2 * len(skus)
     assert [product["map_index"] for product in summary["products"]] == list(range(len(skus)))
     assert xcom_values(dag_run, "collect_results")[-1]["image_count"] == 2 * len(skus)

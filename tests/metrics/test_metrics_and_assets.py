@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
-from tests.e2e.support import read_json
+from tests.support import read_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("imagegen_conn", "aws_conn")]
 
@@ -123,7 +123,7 @@ def test_statsd_counters_and_constant_asset_rows_over_many_runs(airflow_db, emul
     calls = emulator.state.generation_calls()
     assert len(calls) == 3, "one paid call per new run; the re-run reuses"
     manifests = [
-        read_json(s3_server, s3_bucket, key)
+        read_json(s3_server.client(), s3_bucket, key)
         for key in sorted(
             item["Key"]
             for item in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]

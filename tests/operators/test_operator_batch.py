@@ -6,9 +6,8 @@ import pytest
 
 from airflow_provider_imagegen.models import prompt_digest
 from airflow_provider_imagegen.version_compat import AirflowFailException
-from tests.support import list_keys, make_context, object_sha256, read_json, served_sha256s
+from tests.support import PREFIX, list_keys, make_context, object_sha256, read_json, served_sha256s
 
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 PROMPTS = [f"product shot {i}: a ceramic mug, studio light" for i in range(5)]
 
 

@@ -13,10 +13,9 @@ import pytest
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 from airflow_provider_imagegen.version_compat import AirflowFailException
-from tests.support import list_keys, make_context, read_json
+from tests.support import PREFIX, list_keys, make_context, read_json
 
 API_PARAMS = ("n", "size", "quality", "background", "moderation", "output_format", "output_compression")
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 
 
 def _downloaded(emulator) -> set[str]:

@@ -14,9 +14,7 @@ from airflow_provider_imagegen.exceptions import (
     ImageGenServerError,
 )
 from airflow_provider_imagegen.version_compat import AirflowFailException
-from tests.support import list_keys, make_context, multipart_uploads
-
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
+from tests.support import PREFIX, list_keys, make_context, multipart_uploads
 
 
 def _final_keys(s3, bucket):

@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_imagegen.models import prompt_digest
 from tests.support import (
+    PREFIX,
     RUN_ID,
     list_keys,
     make_context,
@@ -19,7 +20,6 @@ from tests.support import (
     served_sha256s,
 )
 
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 XCOM_KEYS = {
     "s3_uri",
     "bucket",

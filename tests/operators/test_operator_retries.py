@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError, ImageGenStorageError
 from tests.support import (
+    PREFIX,
     list_keys,
     make_context,
     multipart_uploads,
@@ -17,8 +18,6 @@ from tests.support import (
     read_json,
     served_sha256s,
 )
-
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
 
 
 class FailingUploads:

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imagegen.exceptions import ImageGenStorageError
-from tests.support import list_keys, make_context
-
-PREFIX = "imagegen/imagegen_test/manual__2026-01-01T00-00-00-00-00/generate"
+from tests.support import PREFIX, list_keys, make_context
 
 
 class S3Calls:
