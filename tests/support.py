@@ -39,6 +39,51 @@ class RecordingOutletEvents:
         return _Accessor()
 
 
+class RecordingLog:
+    """A task log (``info``, ``warning``, ``error``) that keeps every line, formatted, with its level."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def _add(self, level: str, message: str, *args: Any) -> None:
+        self.records.append((level, message % args if args else message))
+
+    def info(self, message: str, *args: Any) -> None:
+        self._add("info", message, *args)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self._add("warning", message, *args)
+
+    def error(self, message: str, *args: Any) -> None:
+        self._add("error", message, *args)
+
+    @property
+    def lines(self) -> list[str]:
+        """Every line, in order."""
+        return [line for _, line in self.records]
+
+    def at(self, level: str) -> list[str]:
+        """The lines of one level (``info``, ``warning``, ``error``)."""
+        return [line for at, line in self.records if at == level]
+
+    def text(self) -> str:
+        """Every line, one per line."""
+        return "\n".join(self.lines)
+
+
+class RecordingStats:
+    """Airflow's metrics facade, recorded: ``(kind, name, value, tags)`` for each ``incr`` and ``timing``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, float, dict[str, str] | None]] = []
+
+    def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
+        self.sent.append(("incr", name, count, tags))
+
+    def timing(self, name: str, value: float, tags: Any = None) -> None:
+        self.sent.append(("timing", name, value, tags))
+
+
 def make_context(
     *,
     dag_id: str = "imagegen_test",

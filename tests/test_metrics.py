@@ -18,30 +18,7 @@ from airflow_provider_imagegen.exceptions import (
 )
 from airflow_provider_imagegen.metrics import PREFIX, Figures, TryTally, prompt_cost
 from airflow_provider_imagegen.models import CopiedImage
-
-
-class RecordingLog:
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def info(self, message: str, *args: Any) -> None:
-        pass
-
-    error = info
-
-    def warning(self, message: str, *args: Any) -> None:
-        self.warnings.append(message % args)
-
-
-class RecordingStats:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, float, dict[str, str] | None]] = []
-
-    def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
-        self.sent.append(("incr", name, count, tags))
-
-    def timing(self, name: str, value: float, tags: Any = None) -> None:
-        self.sent.append(("timing", name, value, tags))
+from tests.support import RecordingLog, RecordingStats
 
 
 class BrokenStats:
@@ -157,8 +134,8 @@ def test_sending_never_raises_and_says_why_in_the_log():
     tally.stored(_images(1), 0.1)
     tally.reused(_images(1))
     assert tally.figures.generation_calls == 1  # counted all the same
-    assert len(log.warnings) == 8  # every send: 2 + 2 + 3 + 1
-    assert all("statsd is down" in line for line in log.warnings)
+    assert len(log.at("warning")) == 8  # every send: 2 + 2 + 3 + 1
+    assert all("statsd is down" in line for line in log.at("warning"))
 
 
 def test_a_metrics_facade_that_cannot_be_built_does_not_fail_the_task(monkeypatch):
@@ -170,7 +147,7 @@ def test_a_metrics_facade_that_cannot_be_built_does_not_fail_the_task(monkeypatc
     tally = TryTally(log)
     tally.generated(requested=1, received=1, seconds=1.0)
     assert tally.figures.generation_calls == 1
-    assert "no metrics backend" in log.warnings[0]
+    assert "no metrics backend" in log.at("warning")[0]
 
 
 def test_prompt_cost_is_what_the_manifest_records():

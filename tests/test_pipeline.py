@@ -43,6 +43,7 @@ from airflow_provider_imagegen.pipeline import PromptPipeline, open_pipeline
 from airflow_provider_imagegen.plan import Plan, PromptJob, TaskIdentity
 from airflow_provider_imagegen.records import Generation, PendingRecord, request_fingerprint
 from airflow_provider_imagegen.version_compat import TaskDeferred
+from tests.support import RecordingLog, RecordingStats, image_bytes
 
 BUCKET = "pipeline"
 PUBLIC_URL = "https://api.test/v3/gpt-image-2-text-to-image"
@@ -72,39 +73,6 @@ def _image(job: PromptJob, index: int, etag: str = "") -> CopiedImage:
 
 
 # -- the fake parts ---------------------------------------------------------------------------------
-
-
-class RecordingLog:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def _record(self, level: str, message: str, *args: Any) -> None:
-        self.lines.append((level, message % args if args else message))
-
-    def info(self, message: str, *args: Any) -> None:
-        self._record("info", message, *args)
-
-    def warning(self, message: str, *args: Any) -> None:
-        self._record("warning", message, *args)
-
-    def error(self, message: str, *args: Any) -> None:
-        self._record("error", message, *args)
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-
-class RecordingStats:
-    """Airflow's metrics facade, recorded: the tally sends here instead of StatsD."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, float]] = []
-
-    def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
-        self.sent.append(("incr", name, count))
-
-    def timing(self, name: str, value: float, tags: Any = None) -> None:
-        self.sent.append(("timing", name, value))
 
 
 class FakeHook:
@@ -559,8 +527,6 @@ class ServingHook(FakeHook):
 
     @contextmanager
     def open_image(self, url: str) -> Any:
-        from tests.support import image_bytes
-
         shade = int(hashlib.sha256(url.encode()).hexdigest()[:2], 16)
         data = image_bytes("png", (1024, 1024))
         yield _ImageStream(data[:-12] + _text_chunk(shade) + data[-12:])

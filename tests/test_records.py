@@ -12,20 +12,11 @@ from airflow_provider_imagegen.exceptions import ImageGenStorageError
 from airflow_provider_imagegen.models import CopiedImage, ImageGenerationRequest
 from airflow_provider_imagegen.plan import PromptJob
 from airflow_provider_imagegen.records import Generation, Manifest, RecordStore
+from tests.support import RecordingLog
 
 BUCKET = "records"
 JOB = PromptJob(0, ImageGenerationRequest(prompt="a lighthouse", n=2), "p/run/task")
 OTHER = PromptJob(0, ImageGenerationRequest(prompt="a different lighthouse", n=2), "p/run/task")
-
-
-class CountingLog:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def _add(self, message: str, *args) -> None:
-        self.lines.append(message % args)
-
-    info = warning = error = _add
 
 
 @pytest.fixture
@@ -37,7 +28,7 @@ def s3():
 
 
 def _store(s3, log=None) -> RecordStore:
-    return RecordStore(s3, BUCKET, upload_args={"StorageClass": "STANDARD", "Metadata": {}}, log=log or CountingLog())
+    return RecordStore(s3, BUCKET, upload_args={"StorageClass": "STANDARD", "Metadata": {}}, log=log or RecordingLog())
 
 
 def _stored_images(s3, job: PromptJob, count: int = 2) -> list[CopiedImage]:
@@ -83,7 +74,7 @@ def test_a_committed_manifest_is_reused_and_its_pending_record_dropped(s3):
 def test_a_manifest_for_another_request_is_removed_not_reused(s3):
     images = _stored_images(s3, JOB)
     _store(s3).commit(JOB, _manifest(JOB, images))
-    log = CountingLog()
+    log = RecordingLog()
     store = _store(s3, log)
     store.list_records(OTHER.prefix, nested=False)
     assert store.reuse(OTHER) is None
@@ -144,7 +135,7 @@ def test_an_unreadable_record_is_an_error_not_missing(s3, name, body):
 
 def test_discard_deletes_and_only_warns_on_failure(s3):
     images = _stored_images(s3, JOB)
-    log = CountingLog()
+    log = RecordingLog()
     store = _store(s3, log)
     store.discard([*images, CopiedImage(9, "no-such-bucket", "k", "image/png", 1, "0" * 64, 1, 1)])
     assert _keys(s3) == []
@@ -159,7 +150,7 @@ def test_records_carry_the_upload_arguments_that_apply_to_them(s3):
 
 
 def test_a_missing_bucket_is_permanent_before_anything_else(s3):
-    store = RecordStore(s3, "no-such-bucket", upload_args={}, log=CountingLog())
+    store = RecordStore(s3, "no-such-bucket", upload_args={}, log=RecordingLog())
     with pytest.raises(ImageGenStorageError, match="does not exist") as caught:
         store.list_records("p", nested=False)
     assert caught.value.permanent
@@ -181,7 +172,7 @@ def test_the_pending_record_survives_a_bad_image_upload_argument(s3):
         s3,
         BUCKET,
         upload_args={"StorageClass": "NOT_A_CLASS", "Tagging": "bad tag=x", "ServerSideEncryption": "AES256"},
-        log=CountingLog(),
+        log=RecordingLog(),
     )
     store.record_pending(JOB, ["https://cdn.test/0.png"], Generation())
     head = s3.head_object(Bucket=BUCKET, Key=f"{JOB.prefix}/_pending.json")
