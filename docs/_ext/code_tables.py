@@ -227,6 +227,36 @@ def fault_matrix_table(notes: dict[str, str]) -> str:
     return markdown_table(["fault", "what you see", "the try ends", "left under the prefix", "calls paid"], rows)
 
 
+# -- example DAGs ---------------------------------------------------------------------------------------
+
+
+def marker_region(path: Any, name: str) -> str:
+    """The lines of an example DAG between ``# [START name]`` and ``# [END name]``, dedented."""
+    import textwrap
+    from pathlib import Path
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == f"# [START {name}]"]
+    ends = [i for i, line in enumerate(lines) if line.strip() == f"# [END {name}]"]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"{path}: expected one '# [START {name}]' before one '# [END {name}]'")
+    return textwrap.dedent("\n".join(lines[starts[0] + 1 : ends[0]])).strip("\n") + "\n"
+
+
+README_DAG = (
+    ("dags/imagegen_daily_content.py", "howto_operator_imagegen_to_s3_import"),
+    ("dags/imagegen_daily_content.py", "howto_operator_imagegen_to_s3"),
+)
+"""The marker regions the README's DAG snippet is a copy of, in order (PyPI cannot include files)."""
+
+
+def readme_dag_snippet(repo: Any) -> str:
+    """The README's Python snippet as the example DAG has it: the regions of :data:`README_DAG`."""
+    from pathlib import Path
+
+    return "\n".join(marker_region(Path(repo) / path, name) for path, name in README_DAG)
+
+
 # -- docstrings ---------------------------------------------------------------------------------------------
 
 _PARAM = re.compile(r":param\s+(?:[^:]+\s)?(\w+):")

@@ -7,9 +7,11 @@ temporary folder, once per module.
 from __future__ import annotations
 
 import email.parser
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -106,3 +108,17 @@ def test_long_description_has_no_relative_links(dists: dict[str, Path]) -> None:
     assert description.startswith("# airflow-provider-imagegen")
     assert RELATIVE_LINK.findall(description) == []
     assert "pip install 'airflow-provider-imagegen[emulator,testing]'" in description
+
+
+def test_twine_check_strict_passes(dists: dict[str, Path]) -> None:
+    """What PyPI would say of the upload: metadata complete, the README renders (twine is in the docs group)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(dists["sdist"]), str(dists["wheel"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.count("PASSED") == 2, completed.stdout
