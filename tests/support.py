@@ -164,6 +164,29 @@ def served_sha256s(emulator: Any) -> set[str]:
     return {sha for url, sha in emulator.state.sha256_by_url().items() if urlsplit(url).path in paths}
 
 
+def recorded_calls(emulator: Any, count: int, kind: str = "generation", timeout: float = 10.0) -> list:
+    """The emulator's records, once ``count`` are there (bounded wait, not a sleep for a server).
+
+    The emulator records a call just after handing its last byte to the server, so the client
+    can see the whole answer a moment before the record exists.
+    """
+    import time
+
+    state = emulator.state
+    read = state.generation_calls if kind == "generation" else state.download_calls
+    deadline = time.monotonic() + timeout
+    calls = read()
+    while len(calls) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+        calls = read()
+    return calls
+
+
+def statuses(emulator: Any, expected: list[int]) -> list[int]:
+    """The statuses of the emulator's generation calls, once there are as many as ``expected``."""
+    return [call.status for call in recorded_calls(emulator, len(expected))]
+
+
 def generations(emulator: Any) -> int:
     """Generation calls (POSTs, whatever they were answered) since the test started."""
     return len(emulator.state.generation_calls())

@@ -1,7 +1,8 @@
-"""A scripted fake of the image API for httpx.MockTransport: exact, fast, no sockets."""
+"""A scripted fake of the image API for httpx.MockTransport: exact, fast, no sockets; and the hook on it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 
 from airflow_provider_imagegen.hooks._client import RetryPolicy
+from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
 
 KEY = "sk-hook-test-7c1e9a2b4d6f8e0a"
 BASE_URL = "https://api.example.test"
@@ -89,3 +91,20 @@ class FakeAPI:
 
     def bodies(self) -> list[Any]:
         return [json.loads(r.content) for r in self.posts]
+
+
+def make_hook(api: FakeAPI, **kwargs: Any) -> ImageGenHook:
+    """An ``ImageGenHook`` whose sync and async clients talk to ``api`` (fast backoff unless given)."""
+    kwargs.setdefault("retry_policy", FAST)
+    return ImageGenHook(transport=api.transport, async_transport=api.transport, **kwargs)
+
+
+def agenerate(hook: ImageGenHook, *args: Any, **kwargs: Any) -> Any:
+    """``hook.agenerate_images(...)``, run to its end."""
+    return asyncio.run(hook.agenerate_images(*args, **kwargs))
+
+
+def read_image(hook: ImageGenHook, url: str, **kwargs: Any) -> bytes:
+    """Every byte of ``hook.open_image(url)`` (``kwargs`` go to ``iter_bytes``)."""
+    with hook.open_image(url) as stream:
+        return b"".join(stream.iter_bytes(**kwargs))
