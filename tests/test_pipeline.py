@@ -165,7 +165,8 @@ class FakeCopier:
 
 
 class SequentialRunner:
-    """The runner's promises without threads: jobs in order, all-or-nothing copies, background = now."""
+    """The runner's promises without threads: jobs in order, all-or-nothing copies, background work
+    done when it is waited for."""
 
     def __init__(self) -> None:
         self.generation_turns: list[int | None] = []
@@ -197,12 +198,32 @@ class SequentialRunner:
         return done
 
     def start_in_background(self, function: Any, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(function(*args, **kwargs))
-        except BaseException as error:
-            future.set_exception(error)
-        return future
+        return _WhenWaitedFor(function, *args, **kwargs)
+
+
+class _WhenWaitedFor(Future):
+    """Background work that runs only once it is waited for: as late as a real thread may finish it."""
+
+    def __init__(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._call: Any = (function, args, kwargs)
+
+    def _run(self) -> None:
+        if self._call is not None:
+            function, args, kwargs = self._call
+            self._call = None
+            try:
+                self.set_result(function(*args, **kwargs))
+            except BaseException as error:
+                self.set_exception(error)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._run()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._run()
+        return super().exception(timeout)
 
 
 def _pipeline(
