@@ -46,7 +46,7 @@ $(MIN_STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) venv --quiet --allow-existing --python "$$(command -v $(PYTHON))" $(MIN_VENV)
 	# the dev group as locked, but for the celery and fab providers: their locked versions need the
 	# newest Airflow's dependencies, so they are resolved afresh beside the oldest Airflow.
-	$(UV) export --frozen --only-group dev --only-group docs --no-hashes --no-emit-project --quiet \
+	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project --quiet \
 		--prune apache-airflow-providers-celery --prune celery --prune apache-airflow-providers-fab \
 		-o $(MIN_VENV)/dev-requirements.txt
 	VIRTUAL_ENV=$(MIN_VENV) $(UV) pip install --quiet -e ".[emulator]" "apache-airflow==$(MIN_AIRFLOW)" \
