@@ -216,7 +216,7 @@ class Manifest:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The stored JSON object (its field names are documented in the README).
+        """The stored JSON object (its field names are documented in the docs' operator page, "Manifest").
 
         Each image is listed as in XCom; the ETag S3 gave each verified object is under
         ``stored_etags`` (key → ETag), for a later try to compare.

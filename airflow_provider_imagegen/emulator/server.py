@@ -36,7 +36,7 @@ LISTEN_BACKLOG = 4096
 def exposed_default_key_warning(host: str, api_key: str) -> str | None:
     """A warning when ``host`` is not a loopback address and ``api_key`` is the well-known default.
 
-    The default key is printed in the README: anyone who can reach a non-loopback interface
+    The default key is public (it is in this source): anyone who can reach a non-loopback interface
     could then use the emulator (and its CPU) as they please.
     """
     if api_key != EmulatorConfig().api_key or _is_loopback(host):

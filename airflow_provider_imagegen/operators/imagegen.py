@@ -37,7 +37,7 @@ class ImageGenToS3Operator(BaseOperator):
     written last. Returns to XCom one small dict per image (``s3_uri``, ``bucket``, ``key``,
     ``index``, ``prompt_index``, ``content_type``, ``size_bytes``, ``sha256``, ``width``, ``height``).
 
-    Retries cost nothing twice (see the README's "Retries and what they cost"): a try reuses the
+    Retries cost nothing twice (the docs' "Retries and what they cost"): a try reuses the
     verified manifest of an earlier one, or copies the image URLs it recorded, before paying
     again. Permanent errors (validation, auth, content policy, a missing bucket) raise
     ``AirflowFailException`` so that Airflow does not retry them.

@@ -96,9 +96,13 @@ def connection_fields_table() -> str:
     ]
     for name, field in CONN_FIELDS.items():
         schema = field["schema"]
-        limits = [f"from {schema['minimum']}" if "minimum" in schema else "", f"to {schema.get('maximum', '')}"]
-        bounds = " ".join(part for part in limits if part and part != "to ")
-        default = f"default ``{schema['default']}``" + (f" ({bounds})" if bounds else "")
+        if "minimum" in schema and "maximum" in schema:
+            bounds = f", {schema['minimum']} to {schema['maximum']}"
+        elif "minimum" in schema:
+            bounds = f", at least {schema['minimum']}"
+        else:
+            bounds = ""
+        default = f"Default ``{schema['default']}``{bounds}."
         rows.append([field["label"], f"extra ``{name}``", f"{field['description']} {default}"])
     hidden = ", ".join(UI_FIELD_BEHAVIOUR["hidden-fields"])
     rows.append([f"({hidden})", "", "hidden: not used"])
