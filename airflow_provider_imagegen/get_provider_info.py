@@ -15,6 +15,11 @@ from airflow_provider_imagegen import __version__
 
 INTEGRATION = "GPT Image 2"
 
+SUPPORTED_AIRFLOW = ">=3.1.2, <4"
+"""The ``apache-airflow`` requirement in pyproject.toml (a test keeps the two equal)."""
+TESTED_AIRFLOW = ("3.1.2", "3.3.2")
+"""The Airflow versions CI runs the whole suite on: ``make test-min`` (the floor) and ``make test`` (the lock)."""
+
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["login", "schema", "port"],
     "relabeling": {"host": "Base URL", "password": "API Key"},
@@ -55,7 +60,8 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-imagegen",
         "name": "Image Generation (GPT Image 2)",
-        "description": "Templated prompts to images with the GPT Image 2 text-to-image API, landed and verified in S3.",
+        "description": "Templated prompts to images with the GPT Image 2 text-to-image API, landed and verified in S3. "
+        f"Supports Apache Airflow {SUPPORTED_AIRFLOW}; tested on Airflow {' and '.join(TESTED_AIRFLOW)}.",
         "versions": [__version__],
         "integrations": [
             {

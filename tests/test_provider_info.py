@@ -343,3 +343,29 @@ def test_no_deprecation_warning_for_the_hook_form_on_3_2_plus():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hidden_fields" in result.stdout  # the form was loaded (from provider info or the hook)
+
+
+def test_supported_and_tested_versions_are_what_ci_runs(info):
+    """Provider info names the floor in pyproject.toml, make test-min's Airflow and the lock's."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    from airflow_provider_imagegen.get_provider_info import SUPPORTED_AIRFLOW, TESTED_AIRFLOW
+
+    root = Path(__file__).resolve().parents[1]
+    requires = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (airflow,) = [r for r in requires if re.match(r"apache-airflow[<>=]", r)]
+    assert sorted(airflow.removeprefix("apache-airflow").split(",")) == sorted(
+        part.replace(" ", "") for part in SUPPORTED_AIRFLOW.split(",")
+    )
+    floor = re.search(r"^MIN_AIRFLOW := (\S+)$", (root / "Makefile").read_text(), re.MULTILINE)
+    assert floor, "MIN_AIRFLOW not found in the Makefile"
+    # the lock may hold older releases for older Pythons (markers): the newest is what make test runs
+    locked = re.findall(r'name = "apache-airflow"\nversion = "([^"]+)"', (root / "uv.lock").read_text())
+    assert locked, "apache-airflow not found in uv.lock"
+    newest = max(locked, key=lambda version: tuple(map(int, version.split("."))))
+    assert (floor.group(1), newest) == TESTED_AIRFLOW
+    assert f">={floor.group(1)}" in airflow
+    assert all(version in info["description"] for version in TESTED_AIRFLOW)
