@@ -76,7 +76,8 @@ docs-screenshots: system-deps install
 test: system-deps lint typecheck docs unit
 
 # The same tests against the oldest supported Airflow (not locked: resolved against MIN_AIRFLOW).
-test-min: system-deps $(MIN_STAMP)
+# `install` too: the release tests take twine from .venv (twine 7 cannot live beside Airflow 3.1.2).
+test-min: system-deps install $(MIN_STAMP)
 	$(MIN_VENV)/bin/python -c "import airflow; assert airflow.__version__ == '$(MIN_AIRFLOW)', airflow.__version__"
 	$(MIN_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
