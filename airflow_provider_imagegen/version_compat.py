@@ -220,11 +220,6 @@ VERSION_DIFFERENCES: tuple[tuple[str, str, str], ...] = (
         "registered by the ``airflow.plugins`` entry point",
         "the same (3.3 would load a provider-info plugin only with ``lazy_discover_providers = False``)",
     ),
-    (
-        "deferrable mode starting in the triggerer",
-        "not available: a deferrable task starts on a worker, then defers",
-        "3.3+ only; being built, not released yet",
-    ),
 )
 """What a user sees differ between the supported Airflow versions: (what, on Airflow 3.1, on Airflow
 3.2 and 3.3). The README's and the docs' version tables are made from it (``tests/docs`` checks the README's)."""
