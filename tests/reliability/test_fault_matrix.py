@@ -12,7 +12,7 @@ asserts one of two end states:
   for its objects).
 
 In every row: no multipart upload left behind, and exactly the expected number of generation
-calls (nothing paid twice). The README's "Reliability" table mirrors this table.
+calls (nothing paid twice). The fault-matrix table in docs/reliability.md is made from ``FAULTS`` at build time.
 """
 
 from __future__ import annotations
