@@ -15,6 +15,9 @@ from airflow_provider_imagegen import __version__
 
 INTEGRATION = "GPT Image 2"
 
+DEFAULT_CONN_ID = "imagegen_default"
+"""The ``imagegen`` connection the hook, the operator and the decorator use when none is named."""
+
 SUPPORTED_AIRFLOW = ">=3.1.2, <4"
 """The ``apache-airflow`` requirement in pyproject.toml (a test keeps the two equal)."""
 TESTED_AIRFLOW = ("3.1.2", "3.3.2")

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagegen.get_provider_info import DEFAULT_CONN_ID
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -81,7 +83,7 @@ def connection_env(
     imagegen_connection_json: str,
     s3: LocalS3,
     *,
-    imagegen_conn_id: str = "imagegen_default",
+    imagegen_conn_id: str = DEFAULT_CONN_ID,
     aws_conn_id: str = "aws_default",
 ) -> dict[str, str]:
     """Environment variables defining both connections, for ``os.environ.update`` or a subprocess."""

@@ -22,6 +22,7 @@ from airflow_provider_imagegen.exceptions import (
     request_id_of,
     scrub,
 )
+from airflow_provider_imagegen.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_imagegen.hooks import download
 from airflow_provider_imagegen.hooks._client import (
     USER_AGENT,
@@ -69,7 +70,7 @@ class ImageGenHook(BaseHook):
     """
 
     conn_name_attr = "imagegen_conn_id"
-    default_conn_name = "imagegen_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "imagegen"
     hook_name = "GPT Image 2"
 

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
+from airflow_provider_imagegen.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_imagegen.models import REQUEST_PARAMETERS, ImageGenerationRequest
 from airflow_provider_imagegen.plan import DEFAULT_MAX_IMAGES, Plan, PromptJob, TaskIdentity, build_plan
 from airflow_provider_imagegen.version_compat import conf
@@ -102,7 +103,7 @@ class ImageGenToS3Operator(BaseOperator):
         output_compression: int | str | None = ImageGenerationRequest.output_compression,
         min_images: int = 1,
         max_images: int | None = DEFAULT_MAX_IMAGES,
-        imagegen_conn_id: str = "imagegen_default",
+        imagegen_conn_id: str = DEFAULT_CONN_ID,
         aws_conn_id: str | None = "aws_default",
         encrypt: bool = False,
         kms_key_id: str | None = None,

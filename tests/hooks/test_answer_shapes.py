@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from airflow_provider_imagegen.exceptions import (
 )
 from airflow_provider_imagegen.hooks import _client
 from airflow_provider_imagegen.hooks._client import parse_image_urls
+from airflow_provider_imagegen.version_compat import AirflowFailException, TaskDeferred
 from tests.support import PREFIX, list_keys, make_context, object_sha256, read_json, served_sha256s
 
 if TYPE_CHECKING:
