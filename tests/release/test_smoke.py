@@ -136,11 +136,17 @@ def test_airflow_lists_the_provider_and_its_connection_form() -> None:
     names = [provider["package_name"] for provider in json.loads(listed.stdout[start.start() :])]
     assert "airflow-provider-imagegen" in names
 
-    # what GET /ui/connections/hook_meta answers (the Connections form), without a browser
-    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
-
-    (imagegen,) = [meta for meta in HookMetaService.hook_meta_data() if meta.connection_type == "imagegen"]
-    assert set(imagegen.extra_fields or {}) >= {"endpoint", "timeout", "max_retries"}, imagegen
-    assert imagegen.standard_fields is not None
-    assert imagegen.standard_fields.password is not None
-    assert imagegen.standard_fields.password.title == "API Key"
+    # what GET /ui/connections/hook_meta answers (the Connections form), without a browser; in a
+    # process of its own: the service re-initialises the providers manager with mocked form fields
+    code = (
+        "import json; from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService;"
+        "(m,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == 'imagegen'];"
+        "print('FORM ' + json.dumps({'extra': sorted(m.extra_fields or {}),"
+        " 'password': m.standard_fields.password.title if m.standard_fields and m.standard_fields.password else None}))"
+    )
+    meta = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert meta.returncode == 0, meta.stderr[-3000:]
+    (line,) = [line for line in meta.stdout.splitlines() if line.startswith("FORM ")]
+    form = json.loads(line[5:])
+    assert set(form["extra"]) >= {"endpoint", "timeout", "max_retries"}, form
+    assert form["password"] == "API Key", form
