@@ -66,6 +66,9 @@ def isolate_airflow() -> Path:
     os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
+    # installed packages have their bytecode: without it every fresh child compiles the package from
+    # source, which B6 would count as parse cost (some sandboxes set this variable)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     return home
 
 
