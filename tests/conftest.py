@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -130,3 +131,17 @@ def fast_retries(monkeypatch) -> None:
         return 0.01
 
     monkeypatch.setattr(_client.RetryPolicy, "wait", wait)
+
+
+@pytest.fixture
+def task_logs(caplog, capsys) -> Callable[[], str]:
+    """Everything logged during the test: stdlib records and what Airflow's structlog printed."""
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+
+    def text() -> str:
+        captured = capsys.readouterr()
+        seen.extend((captured.out, captured.err))
+        return caplog.text + "".join(seen)
+
+    return text

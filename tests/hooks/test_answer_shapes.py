@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ from airflow_provider_imagegen.version_compat import AirflowFailException, TaskD
 from tests.support import PREFIX, list_keys, make_context, object_sha256, read_json, served_sha256s
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 TOKEN = "sig=SECRETc2lnbmVkLXRva2Vu"  # what a signed URL carries: must never reach a message
 SIGNED = f"https://cdn.example.test/img/1.png?X-Amz-Expires=3600&{TOKEN}"
@@ -202,20 +201,6 @@ def test_the_worker_and_the_trigger_parse_with_the_same_function(emulator, image
 
 
 # -- through the emulator over loopback: the operator, then the deferrable path --------------------
-
-
-@pytest.fixture
-def task_logs(caplog, capsys) -> Callable[[], str]:
-    """Everything logged during the test: stdlib records and what Airflow's structlog printed."""
-    caplog.set_level(logging.DEBUG)
-    seen: list[str] = []
-
-    def text() -> str:
-        captured = capsys.readouterr()
-        seen.extend((captured.out, captured.err))
-        return caplog.text + "".join(seen)
-
-    return text
 
 
 class RecordingStats:

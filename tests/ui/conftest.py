@@ -56,6 +56,12 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+def artifacts_dir() -> Path:
+    """``test-artifacts/ui/`` (git-ignored), made if missing; nothing in it is removed."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
 @pytest.fixture
 def artifacts() -> Path:
     """``test-artifacts/ui/`` (git-ignored), emptied of older screenshots: one PNG per step of this run."""

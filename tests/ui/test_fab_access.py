@@ -278,10 +278,9 @@ def browser(deployed: Deployed) -> Iterator[Browser]:
 @pytest.fixture
 def artifacts() -> Path:
     """``test-artifacts/ui/`` (git-ignored); this module's screenshots are ``fab-*.png``."""
-    from .conftest import ARTIFACTS
+    from .conftest import artifacts_dir
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+    return artifacts_dir()
 
 
 @pytest.fixture

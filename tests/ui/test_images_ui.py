@@ -174,10 +174,9 @@ def page(chromium: Path, reviewed: Reviewed, artifacts: Path, request: pytest.Fi
 @pytest.fixture
 def artifacts() -> Path:
     """``test-artifacts/ui/`` (git-ignored); the Connections test clears its own PNGs, these are ``images-*``."""
-    from .conftest import ARTIFACTS
+    from .conftest import artifacts_dir
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+    return artifacts_dir()
 
 
 def _loaded_images(scope: Any, selector: str) -> list[dict[str, Any]]:
