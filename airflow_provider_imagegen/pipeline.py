@@ -155,10 +155,20 @@ class PromptPipeline:
     def resume_all(self, event: dict[str, Any]) -> list[CopiedImage]:
         """After the trigger: every prompt, bounded and in prompt order.
 
-        :param event: the trigger's event, ``{"results": {prompt_index: outcome}}``.
+        :param event: the trigger's event, ``{"results": {prompt_index: outcome}}``; with ``"start"``
+            when the task started in the triggerer, whose prompts without an outcome are the worker's
+            to reuse, copy or (when the trigger could not read S3) generate.
         """
         results = {int(k): v for k, v in (event.get("results") or {}).items()}
-        images = self.runner.run(self.plan.jobs, lambda job: self.resume(job, results.get(job.prompt_index)))
+        started_in_triggerer = "start" in event
+
+        def resume(job: PromptJob) -> list[CopiedImage]:
+            outcome = results.get(job.prompt_index)
+            if outcome is None and started_in_triggerer:
+                return self.images_for(job)
+            return self.resume(job, outcome)
+
+        images = self.runner.run(self.plan.jobs, resume)
         self._log_stored(images)
         return images
 
@@ -362,12 +372,9 @@ class PromptPipeline:
         return images
 
     def _usable_urls(self, job: PromptJob, urls: Sequence[str]) -> list[str]:
-        """The first ``n`` distinct URLs of an answer; an answer cannot make more work than was asked.
-
-        Fewer than ``min_images`` is permanent: the call was paid, and the next one may be no better.
-        """
+        """:func:`usable_urls`, saying in the log what was left out or is missing."""
         asked, min_images = job.request.n, self.plan.min_images
-        kept = list(dict.fromkeys(urls))[:asked]
+        kept = usable_urls(urls, asked, min_images, prompt_index=job.prompt_index)
         if len(kept) < len(urls):
             self.log.warning(
                 "Prompt %d: the API returned %d image URL(s) for n=%d (%d distinct); keeping the first %d distinct",
@@ -377,21 +384,35 @@ class PromptPipeline:
                 len(set(urls)),
                 len(kept),
             )
-        received = len(kept)
-        if received < min_images:
-            raise ImageGenNoImagesError(
-                f"Prompt {job.prompt_index}: the API returned {received} of {asked} requested image(s), "
-                f"fewer than min_images={min_images}"
-            )
-        if received < asked:
+        if len(kept) < asked:
             self.log.warning(
                 "Prompt %d: the API returned %d of %d requested image(s) (min_images=%d); continuing",
                 job.prompt_index,
-                received,
+                len(kept),
                 asked,
                 min_images,
             )
         return kept
+
+
+def usable_urls(urls: Sequence[str], asked: int, min_images: int, *, prompt_index: int = 0) -> list[str]:
+    """The first ``asked`` distinct URLs of an answer; an answer cannot make more work than was asked.
+
+    Fewer than ``min_images`` is permanent (:class:`ImageGenNoImagesError`): the call was paid, and
+    the next one may be no better.
+
+    :param urls: the answer's image URLs.
+    :param asked: the request's ``n``.
+    :param min_images: fewest images that count as success.
+    :param prompt_index: the prompt, for the error message.
+    """
+    kept = list(dict.fromkeys(urls))[:asked]
+    if len(kept) < min_images:
+        raise ImageGenNoImagesError(
+            f"Prompt {prompt_index}: the API returned {len(kept)} of {asked} requested image(s), "
+            f"fewer than min_images={min_images}"
+        )
+    return kept
 
 
 def _preview(prompt: str, limit: int = 60) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from airflow_provider_imagegen.exceptions import ImageGenValidationError
-from airflow_provider_imagegen.models import ImageGenerationRequest, prompt_digest
+from airflow_provider_imagegen.models import REQUEST_PARAMETERS, ImageGenerationRequest, prompt_digest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -62,6 +62,17 @@ CANNED_ACLS = frozenset(
 # characters of Airflow's own run ids (``manual__2026-01-01T00:00:00+00:00``) that are replaced
 # readably; any other replaced character adds a digest of the original so that names stay distinct
 _TIMESTAMP_CHARS = frozenset(":+")
+
+TEMPLATED_ARGUMENTS: tuple[str, ...] = (
+    *("prompt", "prompts", "s3_bucket", "s3_key_prefix", *REQUEST_PARAMETERS),
+    *("kms_key_id", "s3_tags", "s3_extra_args"),
+)
+"""The operator's templated arguments (its ``template_fields``): rendered before a plan is built."""
+PLAN_ARGUMENTS: tuple[str, ...] = (
+    *TEMPLATED_ARGUMENTS,
+    *("min_images", "max_images", "encrypt", "acl_policy"),
+)
+"""Every operator argument a plan is built from (:func:`plan_from`), rendered or not."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,30 @@ def build_plan(
         ),
         task=task,
         shared_prefix=bool(isinstance(s3_key_prefix, str) and s3_key_prefix.strip().strip("/")),
+    )
+
+
+def plan_from(values: Any, task: TaskIdentity) -> Plan:
+    """:func:`build_plan` from the operator's arguments by name: the one way a worker and the
+    triggerer turn a task's values into a plan.
+
+    :param values: a mapping holding every name of :data:`PLAN_ARGUMENTS`, templated ones rendered.
+    :param task: the task instance.
+    """
+    return build_plan(
+        task=task,
+        prompt=values["prompt"],
+        prompts=values["prompts"],
+        s3_bucket=values["s3_bucket"],
+        s3_key_prefix=values["s3_key_prefix"],
+        request_params={name: values[name] for name in REQUEST_PARAMETERS},
+        min_images=values["min_images"],
+        max_images=values["max_images"],
+        encrypt=values["encrypt"],
+        kms_key_id=values["kms_key_id"],
+        acl_policy=values["acl_policy"],
+        s3_tags=values["s3_tags"],
+        s3_extra_args=values["s3_extra_args"],
     )
 
 

@@ -18,6 +18,8 @@ metrics facade                 ``airflow.stats.Stats``   the task SDK's own (3.2
 alias event ``extra``          flat values only          as it is (3.2+)
 ``SET_DURING_EXECUTION``       the task SDK's private    the same (no public name up to 3.3)
                                ``_internal.types``
+start in the triggerer         not available             ``start_from_trigger`` (3.3+); the
+                                                         task SDK's private ``create_template_env``
 =============================  ========================  =========================================
 """
 
@@ -136,6 +138,20 @@ def set_during_execution() -> Any:
     return SET_DURING_EXECUTION
 
 
+def template_env(searchpath: list[str]) -> Any:
+    """The Jinja environment a task's values are rendered with, for a trigger that renders them itself.
+
+    As a DAG builds it by default (sandboxed, ``StrictUndefined``, Airflow's filters, template
+    files from ``searchpath``), without the DAG's own macros, which are not serialised. Only
+    tasks started in the triggerer use it (Airflow 3.3+), through the task SDK's private
+    ``_internal.templater`` (no public name up to 3.3); ``tests/test_version_compat.py`` fails
+    when the path moves.
+    """
+    from airflow.sdk.definitions._internal.templater import create_template_env
+
+    return create_template_env(searchpath=searchpath)
+
+
 def stats_facade() -> Any:
     """Airflow's metrics facade as the task SDK sees it, initialised from ``[metrics]`` when needed.
 
@@ -182,6 +198,7 @@ __all__ = [
     "determine_kwargs",
     "set_during_execution",
     "stats_facade",
+    "template_env",
 ]
 
 
@@ -213,6 +230,12 @@ VERSION_DIFFERENCES: tuple[tuple[str, str, str], ...] = (
         "the review step (``ImageReviewOperator``)",
         "a deferred HITL task",
         "3.2: a deferred HITL task; 3.3: ``awaiting_input``",
+    ),
+    (
+        "deferrable tasks (``deferrable=True``)",
+        "defer from a worker: one worker start before the API call, one after",
+        "3.2: the same; 3.3: the scheduler starts them in the triggerer, one worker start to copy (the "
+        "docs' *Deferrable mode* says when a task still defers from a worker)",
     ),
     ("metrics", "core's ``Stats``", "the task SDK's metrics"),
     (

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
 from airflow_provider_imagegen.get_provider_info import DEFAULT_CONN_ID
-from airflow_provider_imagegen.models import REQUEST_PARAMETERS, ImageGenerationRequest
-from airflow_provider_imagegen.plan import DEFAULT_MAX_IMAGES, Plan, PromptJob, TaskIdentity, build_plan
-from airflow_provider_imagegen.version_compat import conf
+from airflow_provider_imagegen.models import ImageGenerationRequest
+from airflow_provider_imagegen.plan import (
+    DEFAULT_MAX_IMAGES,
+    PLAN_ARGUMENTS,
+    TEMPLATED_ARGUMENTS,
+    Plan,
+    PromptJob,
+    TaskIdentity,
+    plan_from,
+)
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, conf
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from airflow.sdk import Context
+    from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
     from airflow_provider_imagegen.models import CopiedImage
@@ -73,19 +82,20 @@ class ImageGenToS3Operator(BaseOperator):
     :param fail_fast: batch mode: stop at the first failed prompt; otherwise finish the others
         and then fail, naming every failed prompt.
     :param deferrable: wait for the API in the triggerer instead of holding a worker slot; by
-        default ``[operators] default_deferrable``, read when the DAG file is parsed.
+        default ``[operators] default_deferrable``, read when the DAG file is parsed. On Airflow
+        3.3+ the task then starts in the triggerer and a worker only copies the images; where it
+        cannot (values from an upstream task's XCom, older Airflow), it defers from a worker.
     :param max_image_bytes: the most bytes accepted for one image.
     :param asset_events: ``"task"``: one event per outlet and task instance (an alias resolves to
         ``s3://{bucket}/imagegen/{dag_id}/{task_id}``); ``"image"``: aliases get one asset per image.
     """
 
-    template_fields: Sequence[str] = (
-        *("prompt", "prompts", "s3_bucket", "s3_key_prefix", "n", "size", "quality", "background"),
-        *("moderation", "output_format", "output_compression", "kms_key_id", "s3_tags", "s3_extra_args"),
-    )
+    template_fields: Sequence[str] = TEMPLATED_ARGUMENTS
     template_ext: Sequence[str] = (".j2", ".jinja2")
     template_fields_renderers = {"prompt": "md", "prompts": "json", "s3_tags": "json", "s3_extra_args": "json"}
     ui_color = "#f4e8ff"
+    can_start_from_trigger: ClassVar[bool] = True
+    """Whether a deferrable task of this class may start in the triggerer (its values are all in the DAG file)."""
 
     def __init__(
         self,
@@ -148,6 +158,33 @@ class ImageGenToS3Operator(BaseOperator):
         self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.max_image_bytes = max_image_bytes
         self.asset_events = check_asset_events(asset_events)
+        self._start_refusal: str | None = None
+        if self.deferrable:
+            self._start_in_triggerer_if_possible()
+
+    def _start_in_triggerer_if_possible(self) -> None:
+        """Let the scheduler defer this task at once, in the triggerer (3.3+), unless something needs a worker."""
+        from airflow_provider_imagegen import triggerer_start
+
+        self._start_refusal = triggerer_start.refusal(self)
+        if self._start_refusal is None:
+            self.start_from_trigger = True
+            self.start_trigger_args = triggerer_start.start_args(
+                {name: getattr(self, name) for name in triggerer_start.TRIGGER_ARGUMENTS}
+            )
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> OperatorPartial:
+        """``BaseOperator.partial``; its ``.expand()`` starts deferrable map indexes in the triggerer where it can.
+
+        :param kwargs: the arguments every map index shares.
+        """
+        made: OperatorPartial = super().partial(**kwargs)
+        if not (AIRFLOW_V_3_3_PLUS and cls.can_start_from_trigger):
+            return made
+        from airflow_provider_imagegen.triggerer_start import starting_partial
+
+        return starting_partial(made)
 
     # -- hooks (built lazily: never at DAG parse time) ------------------------------------------
 
@@ -182,6 +219,21 @@ class ImageGenToS3Operator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Render → validate → generate (or reuse a verified earlier try) → copy → manifest → XCom."""
+        if self.deferrable:
+            self.log.info("Deferring from the worker, not starting in the triggerer: %s", self._why_on_a_worker())
+        return self._generate_or_defer(context)
+
+    def _why_on_a_worker(self) -> str:
+        if self._start_refusal is not None:
+            return self._start_refusal
+        if getattr(self, "_BaseOperator__from_mapped", False):
+            return (
+                "the task is mapped over an upstream task's XCom or over more than one argument, "
+                "or its .partial() values come from an upstream task"
+            )
+        return "this run started the task on a worker (dag.test(), `airflow tasks test`, or a cleared deferral)"
+
+    def _generate_or_defer(self, context: Context) -> list[dict[str, Any]]:
         with self._one_try(context, list_records_first=True) as pipeline:
             if not self.deferrable:
                 return self._finish(context, pipeline.plan, pipeline.run())
@@ -204,9 +256,24 @@ class ImageGenToS3Operator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Resume after the trigger: copy what it generated; rebuild its errors with their class.
 
+        After a start in the triggerer the event also holds the values it rendered: the plan is
+        built from them, so that what was generated and what is stored follow one rendering.
+
         :param context: the task's context.
-        :param event: the trigger's event: ``{"results": {prompt_index: outcome}}``.
+        :param event: the trigger's event: ``{"results": {prompt_index: outcome}}``, plus
+            ``{"start": {"rendered": {...}}}`` or ``{"start": {"fallback": why}}`` from the start trigger.
         """
+        start = event.get("start")
+        if isinstance(start, dict):
+            if "fallback" in start:
+                self.log.info(
+                    "Deferring from the worker: the triggerer could not start the task: %s", start["fallback"]
+                )
+                return self._generate_or_defer(context)
+            for name in TEMPLATED_ARGUMENTS:
+                if name in start.get("rendered", {}):
+                    setattr(self, name, start["rendered"][name])
+            self.log.info("Started in the triggerer; this worker copies what it generated")
         with self._one_try(context, list_records_first=False) as pipeline:
             return self._finish(context, pipeline.plan, pipeline.resume_all(event))
 
@@ -215,21 +282,7 @@ class ImageGenToS3Operator(BaseOperator):
 
         :param context: the task's context (``ti`` and ``run_id`` give the default prefix).
         """
-        return build_plan(
-            task=TaskIdentity.from_context(context),
-            prompt=self.prompt,
-            prompts=self.prompts,
-            s3_bucket=self.s3_bucket,
-            s3_key_prefix=self.s3_key_prefix,
-            request_params={name: getattr(self, name) for name in REQUEST_PARAMETERS},
-            min_images=self.min_images,
-            max_images=self.max_images,
-            encrypt=self.encrypt,
-            kms_key_id=self.kms_key_id,
-            acl_policy=self.acl_policy,
-            s3_tags=self.s3_tags,
-            s3_extra_args=self.s3_extra_args,
-        )
+        return plan_from({name: getattr(self, name) for name in PLAN_ARGUMENTS}, TaskIdentity.from_context(context))
 
     def build_jobs(self, context: Context) -> list[PromptJob]:
         """The plan's jobs: one validated request and prefix per prompt.

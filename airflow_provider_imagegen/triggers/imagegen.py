@@ -18,6 +18,7 @@ Trade-off: the API is synchronous, so a triggerer restart mid-request sends that
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -25,11 +26,18 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_imagegen.exceptions import ImageGenError, event_from_error
 
 # imported here, not inside run(): an import inside the event loop would block it
+from airflow_provider_imagegen.hooks.download import DEFAULT_MAX_IMAGE_BYTES
 from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
 from airflow_provider_imagegen.models import ImageGenerationRequest
+from airflow_provider_imagegen.pipeline import usable_urls
+from airflow_provider_imagegen.plan import TaskIdentity, plan_from
+from airflow_provider_imagegen.records import Generation, RecordStore, utcnow_iso
+from airflow_provider_imagegen.triggerer_start import CannotStart, render, task_arguments
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
+
+    from airflow_provider_imagegen.plan import Plan, PromptJob
 
 
 class ImageGenTrigger(BaseTrigger):
@@ -75,42 +83,256 @@ class ImageGenTrigger(BaseTrigger):
         yield TriggerEvent({"results": results})
 
     async def _generate_all(self, hook: ImageGenHook) -> dict[str, dict[str, Any]]:
-        indexes = list(self.requests)
-        try:
-            # read once, with the async API, before fanning out (the sync lookup can raise here)
-            await hook.asettings()
-        except Exception as error:
-            failed = event_from_error(_as_imagegen_error(error))
-            self.log.error("Connection %r unusable: %s", self.imagegen_conn_id, failed["message"])
-            return {index: dict(failed) for index in indexes}
+        unusable = await connection_failure(hook, self.log)
+        if unusable is not None:
+            return {index: dict(unusable) for index in self.requests}
         gate = asyncio.Semaphore(self.max_concurrency)
+        requests, invalid = {}, {}
+        for index, body in self.requests.items():
+            try:
+                requests[index] = ImageGenerationRequest.build(**body)
+            except Exception as error:  # a body that is not a valid request: that prompt's error, no call
+                invalid[index] = event_from_error(_as_imagegen_error(error))
+        outcomes = {**invalid, **await generate_each(hook, requests, gate, self.log)}
+        return {index: outcomes[index] for index in self.requests}
 
-        async def one(index: str) -> dict[str, Any]:
-            async with gate:
-                try:
-                    request = ImageGenerationRequest.build(**self.requests[index])
-                    result = await hook.asend(request)
-                except Exception as error:
-                    outcome = event_from_error(_as_imagegen_error(error))
-                    self.log.warning("Prompt %s failed: %s: %s", index, outcome["error_class"], outcome["message"])
-                    return outcome
-            self.log.info(
-                "Prompt %s: %d image URL(s) in %.1f s (%d attempt(s))",
-                index,
-                len(result.image_urls),
-                result.elapsed,
-                result.attempts,
-            )
+
+async def connection_failure(hook: ImageGenHook, log: Any) -> dict[str, Any] | None:
+    """Read the connection once, with the async API, before fanning out; its error as an outcome, or None."""
+    try:
+        await hook.asettings()
+    except Exception as error:
+        failed = event_from_error(_as_imagegen_error(error))
+        log.error("Connection %r unusable: %s", hook.imagegen_conn_id, failed["message"])
+        return failed
+    return None
+
+
+async def generate_each(
+    hook: ImageGenHook, requests: dict[str, ImageGenerationRequest], gate: asyncio.Semaphore, log: Any
+) -> dict[str, dict[str, Any]]:
+    """Send each request through ``gate``; every prompt's outcome: its image URLs, or its error (class kept).
+
+    :param hook: the image API hook (its connection already read).
+    :param requests: prompt index → request.
+    :param gate: bounds the requests in flight.
+    :param log: the trigger's logger.
+    """
+
+    async def one(index: str) -> dict[str, Any]:
+        async with gate:
+            try:
+                result = await hook.asend(requests[index])
+            except Exception as error:
+                outcome = event_from_error(_as_imagegen_error(error))
+                log.warning("Prompt %s failed: %s: %s", index, outcome["error_class"], outcome["message"])
+                return outcome
+        log.info(
+            "Prompt %s: %d image URL(s) in %.1f s (%d attempt(s))",
+            index,
+            len(result.image_urls),
+            result.elapsed,
+            result.attempts,
+        )
+        return {
+            "status": "success",
+            "image_urls": result.image_urls,
+            "elapsed": round(result.elapsed, 3),
+            "attempts": result.attempts,
+            "request_id": result.request_id,
+        }
+
+    indexes = list(requests)
+    outcomes = await asyncio.gather(*(one(index) for index in indexes))
+    return dict(zip(indexes, outcomes, strict=True))
+
+
+_GATES: dict[tuple[int, str, str, str], asyncio.Semaphore] = {}
+"""One gate per task (its map indexes share it) and event loop: ``max_concurrency`` calls at once."""
+
+
+class ImageGenStartTrigger(BaseTrigger):
+    """Start an ``ImageGenToS3Operator`` task in the triggerer, so that a worker only copies (Airflow 3.3+).
+
+    The scheduler creates it with the operator's arguments as written in the DAG file
+    (``triggerer_start.start_args``); the triggerer gives it the task instance and its context.
+    It then does what ``execute()`` does up to the API call: renders the templated arguments,
+    builds the plan (the same validation, before any call), leaves to the worker every prompt
+    an earlier try stored or paid for (reading S3 in threads, never in the event loop),
+    generates the others (the task's map indexes share ``max_concurrency`` calls at once), and
+    records their URLs in S3 before it fires: a triggerer restart after that pays nothing again.
+
+    The event holds the rendered values (the worker builds its plan from them: one rendering
+    decides) and each generated prompt's URLs or error. When it cannot start the task (a value it
+    cannot render, a mapped value it cannot read), its event hands the task back to a worker,
+    which defers it the classic way (``ImageGenTrigger``).
+
+    :param arguments: the operator's arguments (``triggerer_start.TRIGGER_ARGUMENTS``), unrendered;
+        connection ids, never a secret.
+    """
+
+    template_ext: Sequence[str] = (".j2", ".jinja2")  # the operator's: these values name template files
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        super().__init__()
+        self.arguments = dict(arguments)
+        self._context: Any = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and kwargs; the kwargs hold no secret."""
+        return f"{type(self).__module__}.{type(self).__qualname__}", {"arguments": self.arguments}
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Keep the task's context: ``run()`` renders the operator's values with it.
+
+        The triggerer's own rendering would use a bare environment (no template files, undefined
+        names rendered as nothing), unlike a worker's.
+
+        :param context: the task instance's template context.
+        :param jinja_env: unused.
+        """
+        self._context = context
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Start the task; one event: the rendered values and every generated prompt's outcome."""
+        try:
+            event = await self._start()
+        except CannotStart as why:
+            self.log.warning("Handing the task back to a worker, which defers it from there: %s", why)
+            event = {"start": {"fallback": str(why)}}
+        yield TriggerEvent(event)
+
+    async def _start(self) -> dict[str, Any]:
+        from asgiref.sync import sync_to_async
+
+        ti: Any = self.task_instance
+        task = getattr(ti, "task", None)
+        if self._context is None or task is None:
+            raise CannotStart("the triggerer gave the trigger no task context")
+        map_index = getattr(ti, "map_index", -1)
+        values = task_arguments(self.arguments, task, map_index)
+        # rendering may read template files and the context's lazy values (supervisor calls): asgiref's thread
+        rendered = await sync_to_async(render)(self, values, self._context, _searchpath(task))
+        values.update(rendered)
+        started: dict[str, Any] = {"start": {"rendered": rendered}, "results": {}}
+        identity = TaskIdentity(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=-1 if map_index is None else map_index,
+            try_number=getattr(ti, "try_number", None),
+        )
+        try:
+            plan = plan_from(values, identity)
+        except ImageGenError as error:
+            self.log.error("Started in the triggerer; the task's values are not valid, the worker fails it: %s", error)
+            return started
+        store = await self._record_store(plan, values)
+        left = await self._left_by_earlier_tries(plan, store)
+        to_generate = [job for job in plan.jobs if job.prompt_index not in left]
+        self.log.info(
+            "Started in the triggerer: %d prompt(s), %d to generate, %d left to the worker (an earlier try's)",
+            len(plan.jobs),
+            len(to_generate),
+            len(left),
+        )
+        if not to_generate:
+            return started
+        hook = ImageGenHook(
+            values["imagegen_conn_id"], max_image_bytes=values["max_image_bytes"] or DEFAULT_MAX_IMAGE_BYTES
+        )
+        try:
+            unusable = await connection_failure(hook, self.log)
+            if unusable is not None:
+                results = {str(job.prompt_index): dict(unusable) for job in to_generate}
+            else:
+                gate = _task_gate(identity, values["imagegen_conn_id"], int(values["max_concurrency"]))
+                requests = {str(job.prompt_index): job.request for job in to_generate}
+                results = await generate_each(hook, requests, gate, self.log)
+        finally:
+            await hook.aclose()
+        if store is not None:
+            await self._record_urls(plan, to_generate, results, store)
+        started["results"] = results
+        return started
+
+    async def _record_store(self, plan: Plan, values: dict[str, Any]) -> RecordStore | None:
+        """The S3 records of the plan's bucket; None when the S3 connection cannot be used here."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from asgiref.sync import sync_to_async
+
+        try:
+            # the connection read talks to the supervisor: asgiref's thread, as every sync read in a trigger
+            client = await sync_to_async(S3Hook(aws_conn_id=values["aws_conn_id"]).get_conn)()
+        except Exception as error:
+            self.log.warning("Cannot reach S3 from the triggerer (%s); the worker reads the records", error)
+            return None
+        return RecordStore(client, plan.bucket, upload_args=plan.upload_args, log=self.log)
+
+    async def _left_by_earlier_tries(self, plan: Plan, store: RecordStore | None) -> set[int]:
+        """The prompts an earlier try stored or paid for (the worker reuses or copies them); all when unknown."""
+        every = {job.prompt_index for job in plan.jobs}
+        if store is None:
+            return every
+
+        def look() -> set[int]:
+            store.list_records(plan.list_prefix, nested=plan.batch)
             return {
-                "status": "success",
-                "image_urls": result.image_urls,
-                "elapsed": round(result.elapsed, 3),
-                "attempts": result.attempts,
-                "request_id": result.request_id,
+                job.prompt_index for job in plan.jobs if store.reuse(job) is not None or store.pending(job) is not None
             }
 
-        outcomes = await asyncio.gather(*(one(index) for index in indexes))
-        return dict(zip(indexes, outcomes, strict=True))
+        try:
+            return await asyncio.to_thread(look)
+        except Exception as error:
+            self.log.warning("Cannot read what earlier tries left (%s); the worker reads it and generates", error)
+            return every
+
+    async def _record_urls(
+        self, plan: Plan, jobs: list[PromptJob], results: dict[str, dict[str, Any]], store: RecordStore
+    ) -> None:
+        """Record each generated prompt's URLs in S3 before the event: a restarted trigger then pays nothing again."""
+
+        def record(job: PromptJob, outcome: dict[str, Any]) -> None:
+            try:
+                urls = usable_urls(outcome["image_urls"], job.request.n, plan.min_images)
+            except ImageGenError:
+                return  # too few images: the worker fails the prompt (permanently), nothing to reuse
+            generation = Generation(
+                generated_at=utcnow_iso(),
+                generation_seconds=outcome.get("elapsed"),
+                request_id=outcome.get("request_id"),
+            )
+            store.record_pending(job, urls, generation)
+
+        for job in jobs:
+            outcome = results.get(str(job.prompt_index)) or {}
+            if outcome.get("status") != "success":
+                continue
+            try:
+                await asyncio.to_thread(record, job, outcome)
+            except Exception as error:
+                self.log.warning(
+                    "Prompt %d: cannot record the generated URLs yet (%s); the worker records them",
+                    job.prompt_index,
+                    error,
+                )
+
+
+def _searchpath(task: Any) -> list[str]:
+    """Where the task's template files are: its DAG file's folder, then the DAG's ``template_searchpath``."""
+    dag = getattr(task, "dag", None)
+    fileloc = getattr(dag, "fileloc", None)
+    paths = [os.path.dirname(fileloc)] if isinstance(fileloc, str) and fileloc else []
+    extra = getattr(dag, "template_searchpath", None) or []
+    return paths + ([extra] if isinstance(extra, str) else list(extra))
+
+
+def _task_gate(task: TaskIdentity, conn_id: str, limit: int) -> asyncio.Semaphore:
+    key = (id(asyncio.get_running_loop()), task.dag_id, task.task_id, conn_id)
+    gate = _GATES.get(key)
+    if gate is None:
+        gate = _GATES[key] = asyncio.Semaphore(max(1, limit))
+    return gate
 
 
 def _as_imagegen_error(error: Exception) -> ImageGenError:
