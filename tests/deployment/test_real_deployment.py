@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_imagegen.testing import connection_env
-from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS, AIRFLOW_V_3_3_PLUS
 
 from .components import AirflowDeployment, call_failed, wait_until
 
@@ -52,7 +52,9 @@ TASK_ID = "generate_images"
 CONSUMER_DAG_ID = "imagegen_asset_consumer"
 CONSUMER_TASK_ID = "validate_new_images"
 IMAGES_ALIAS = "imagegen_images"
-TRIGGER_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
+TRIGGER_CLASSPATHS = {
+    "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger" if AIRFLOW_V_3_3_PLUS else "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
+}
 N_IMAGES = 2
 API_LATENCY = 8.0
 """Seconds the emulator takes per generation call: the task stays deferred at least this long.
@@ -336,10 +338,17 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
         " (the scheduler log shows Airflow's defer/trigger race, apache/airflow#66374 / #72716)" if race else ""
     )
     worker_log, trigger_log = _task_logs(deployment, run_id)
-    assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
+    if AIRFLOW_V_3_3_PLUS:  # the scheduler deferred it: the only worker start copies
+        assert "Pausing task as DEFERRED" not in worker_log, "a worker deferred generate_images"
+        assert "Started in the triggerer; this worker copies what it generated" in worker_log
+        assert "Started in the triggerer: 1 prompt(s), 1 to generate" in trigger_log
+        assert worker_log.count("::group::Pre Execute") == 1, "more than one worker start"
+    else:
+        assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
+        assert "Deferring from the worker, not starting in the triggerer: Airflow 3.1.2" in worker_log
     assert f"trigger {DAG_ID}/{run_id}/{TASK_ID}/-1/1 (ID" in trigger_log, "the triggerer never started the trigger"
     assert seen_triggers, f"the REST API never showed {TASK_ID}'s trigger while it was deferred"
-    assert {trigger["classpath"] for trigger in seen_triggers} == {TRIGGER_CLASSPATH}
+    assert {trigger["classpath"] for trigger in seen_triggers} == TRIGGER_CLASSPATHS
     assert emulator.api_key not in json.dumps(seen_triggers), "the serialised trigger carries the API key"
     assert emulator.api_key not in worker_log + trigger_log, "the API key leaked into the task or trigger log"
     assert "Trigger fired event" in trigger_log
@@ -348,6 +357,11 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
     assert [(call.status, call.body["n"]) for call in generations] == [(200, N_IMAGES)], (
         "exactly one generation call, from the trigger"
     )
+    # the template file, its macros and params rendered where the call was made, as a worker renders them
+    logical_date = datetime.fromisoformat(created["logical_date"].replace("Z", "+00:00"))
+    assert generations[0].body["prompt"].startswith(
+        f"Banner for {logical_date.strftime('%A %d %B %Y')}: a lighthouse on a rocky coast at sunrise"
+    ), generations[0].body["prompt"]
 
     # -- the images in S3 are the bytes the emulator served --------------------------------------------
     served = sorted(emulator.state.sha256_by_url().values())
