@@ -153,3 +153,26 @@ def test_set_during_execution_is_the_task_sdks_marker():
     marker = version_compat.set_during_execution()
     assert isinstance(marker, SetDuringExecution)
     assert marker is version_compat.set_during_execution()
+
+
+def test_template_env_renders_as_a_dags_default_environment(tmp_path):
+    """The start trigger's environment (3.3+ only: older versions never start tasks in the triggerer)."""
+    import jinja2
+    import jinja2.sandbox
+    import pendulum
+
+    from airflow_provider_imagegen.version_compat import template_env
+
+    if not version_compat.AIRFLOW_V_3_3_PLUS:
+        from airflow_provider_imagegen.triggerer_start import refusal
+
+        assert "starts tasks on workers only" in (refusal(object()) or "")
+        return
+    (tmp_path / "p.j2").write_text("day {{ ds }}")
+    env = template_env([str(tmp_path)])
+
+    assert env.get_template("p.j2").render(ds="2026-12-05") == "day 2026-12-05"
+    assert env.from_string("{{ d | ds }}").render(d=pendulum.datetime(2026, 12, 5)) == "2026-12-05"
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string("{{ nothing_here }}").render()
+    assert isinstance(env, jinja2.sandbox.SandboxedEnvironment)

@@ -51,6 +51,7 @@ class _ImageGenDecoratedOperator(DecoratedOperator, ImageGenToS3Operator):
     }
     custom_operator_name: str = "@task.imagegen"
     overwrite_rtif_after_execution: bool = True  # the UI's Rendered Template shows the real prompt
+    can_start_from_trigger: ClassVar[bool] = False  # the prompt comes from the function, run on a worker
 
     def __init__(
         self,

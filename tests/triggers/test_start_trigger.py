@@ -1,0 +1,363 @@
+"""Starting a task in the triggerer (Airflow 3.3+), in process: the trigger as the triggerer builds it.
+
+Each test puts the operator in a DAG, serialises and deserialises it as the scheduler and the
+triggerer do, builds the trigger from the task's ``start_trigger_args`` (through the trigger
+table's encryption and decoding), gives it the task instance and a context, and runs it against
+the emulator and the moto server; the worker's part is ``execute_complete`` with the event.
+``tests/deployment/test_triggerer_start.py`` runs the same through real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+import pytest
+
+from airflow_provider_imagegen.exceptions import ImageGenDownloadError
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AirflowFailException, TaskDeferred
+from tests.support import RUN_ID, list_keys, make_context, read_json
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+needs_3_3 = pytest.mark.skipif(
+    not AIRFLOW_V_3_3_PLUS, reason="Airflow 3.1 and 3.2 do not start tasks in the triggerer (tested below: they refuse)"
+)
+START_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger"
+
+
+def _dag(**kwargs: Any) -> Any:
+    from airflow.sdk import DAG
+
+    return DAG("imagegen_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), **kwargs)
+
+
+def _deserialised(task: Any) -> Any:
+    """The task as the scheduler and the triggerer see it (the DAG serialised and read back)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(task.dag)).get_task(task.task_id)
+
+
+def _trigger_of(serialised_task: Any) -> Any:
+    """The trigger the triggerer builds: the row's kwargs encrypted, decrypted and decoded."""
+    from airflow.models.trigger import Trigger
+    from airflow.serialization.decoders import smart_decode_trigger_kwargs
+
+    from airflow_provider_imagegen.triggers.imagegen import ImageGenStartTrigger
+
+    args = serialised_task.start_trigger_args
+    assert serialised_task.start_from_trigger is True
+    assert args.trigger_cls == START_CLASSPATH
+    assert args.next_method == "execute_complete"
+    row = Trigger(classpath=args.trigger_cls, kwargs=args.trigger_kwargs)
+    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(row.encrypted_kwargs).items()}
+    return ImageGenStartTrigger(**kwargs)
+
+
+def _context(task: Any, *, map_index: int = -1, try_number: int = 1, **extra: Any) -> dict[str, Any]:
+    context = make_context(map_index=map_index, try_number=try_number)
+    context["ti"].task = task
+    context.update({"ds": "2026-12-05", "params": {}, "macros": None}, **extra)
+    return context
+
+
+def start(task: Any, *, map_index: int = -1, try_number: int = 1, **context: Any) -> dict[str, Any]:
+    """Run the start trigger of ``task`` as the triggerer would; the one event's payload."""
+    serialised = _deserialised(task)
+    trigger = _trigger_of(serialised)
+    ctx = _context(serialised, map_index=map_index, try_number=try_number, **context)
+    trigger.task_instance = ctx["ti"]
+    trigger.render_template_fields(context=ctx)
+
+    async def collect() -> list[Any]:
+        return [event async for event in trigger.run()]
+
+    events = asyncio.run(collect())
+    assert len(events) == 1
+    payload = events[0].payload
+    json.dumps(payload)  # plain JSON, as the trigger table stores it
+    return payload
+
+
+def copy(op: Any, event: dict[str, Any], *, map_index: int = -1, try_number: int = 1) -> list[dict[str, Any]]:
+    """The worker's part: ``execute_complete`` with the trigger's event."""
+    return op.execute_complete(make_context(map_index=map_index, try_number=try_number), event)
+
+
+@pytest.fixture
+def in_dag(make_op) -> Callable[..., Any]:
+    """``make_op`` inside a DAG (deferrable by default), so that it can be serialised."""
+
+    def build(dag_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("deferrable", True)
+        with _dag(**(dag_kwargs or {})):
+            return make_op(**kwargs)
+
+    return build
+
+
+# -- where a task starts ----------------------------------------------------------------------------
+
+
+def test_a_deferrable_task_starts_in_the_triggerer_only_from_airflow_3_3(in_dag) -> None:
+    op = in_dag()
+
+    assert op.start_from_trigger is AIRFLOW_V_3_3_PLUS
+    if not AIRFLOW_V_3_3_PLUS:
+        assert op.start_trigger_args is None
+        assert "starts tasks on workers only (3.3 can start them in the triggerer)" in op._why_on_a_worker()
+
+
+def test_a_task_that_does_not_defer_never_starts_in_the_triggerer(in_dag) -> None:
+    assert in_dag(deferrable=False).start_from_trigger is False
+
+
+@needs_3_3
+def test_values_from_an_upstream_xcom_keep_the_task_on_a_worker(make_op, aws_conn, s3_bucket) -> None:
+    from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+
+    with _dag():
+        upstream = make_op(task_id="upstream", deferrable=False)
+        from_xcom = make_op(task_id="from_xcom", prompt=upstream.output, deferrable=True)
+        mapped_xcom = ImageGenToS3Operator.partial(task_id="mapped_xcom", s3_bucket=s3_bucket, deferrable=True).expand(
+            prompt=upstream.output
+        )
+        two_args = ImageGenToS3Operator.partial(task_id="two_args", s3_bucket=s3_bucket, deferrable=True).expand(
+            prompt=["a", "b"], size=["1024x1024", "auto"]
+        )
+        literal = ImageGenToS3Operator.partial(task_id="literal", s3_bucket=s3_bucket, deferrable=True).expand(
+            prompt=["a", "b"]
+        )
+        kwargs_list = ImageGenToS3Operator.partial(
+            task_id="kwargs", s3_bucket=s3_bucket, deferrable=True
+        ).expand_kwargs([{"prompt": "a"}, {"prompt": "b", "n": 2}])
+        not_deferrable = ImageGenToS3Operator.partial(task_id="plain", s3_bucket=s3_bucket).expand(prompt=["a"])
+
+    assert from_xcom.start_from_trigger is False
+    assert from_xcom._why_on_a_worker() == "`prompt` comes from an upstream task's XCom, which only a worker resolves"
+    assert mapped_xcom.start_from_trigger is False
+    assert two_args.start_from_trigger is False
+    assert not_deferrable.start_from_trigger is False
+    for mapped in (literal, kwargs_list):
+        assert mapped.start_from_trigger is True
+        serialised = _deserialised(mapped)
+        assert serialised.start_from_trigger is True
+        assert _trigger_of(serialised).arguments["s3_bucket"] == s3_bucket
+
+
+@needs_3_3
+def test_the_decorator_never_starts_in_the_triggerer(imagegen_conn, aws_conn, s3_bucket) -> None:
+    from airflow.sdk import task
+
+    import airflow_provider_imagegen.decorators  # noqa: F401  (registers @task.imagegen)
+
+    with _dag():
+
+        @task.imagegen(s3_bucket=s3_bucket, deferrable=True)
+        def banner() -> str:
+            return "a lighthouse"
+
+        made = banner()
+
+    assert made.operator.start_from_trigger is False
+
+
+@needs_3_3
+def test_the_trigger_kwargs_hold_the_dag_file_values_and_no_secret(in_dag, emulator) -> None:
+    op = in_dag(prompt="banner for {{ ds }}", s3_tags={"team": "{{ params.team }}"})
+    trigger = _trigger_of(_deserialised(op))
+
+    assert trigger.arguments["prompt"] == "banner for {{ ds }}"
+    assert trigger.arguments["s3_tags"] == {"team": "{{ params.team }}"}
+    assert trigger.arguments["imagegen_conn_id"] == op.imagegen_conn_id
+    assert trigger.serialize() == (START_CLASSPATH, {"arguments": trigger.arguments})
+    assert emulator.api_key not in json.dumps(trigger.serialize(), default=str)
+    assert emulator.api_key not in json.dumps(op.start_trigger_args.trigger_kwargs, default=str)
+
+
+# -- what the trigger does ------------------------------------------------------------------------
+
+
+@needs_3_3
+def test_the_trigger_renders_generates_and_records_and_the_worker_only_copies(
+    in_dag, emulator, s3, s3_bucket, task_logs
+) -> None:
+    op = in_dag(prompt="banner for {{ ds }}, {{ params.theme }}", n=2)
+
+    event = start(op, params={"theme": "a lighthouse"})
+
+    assert event["start"]["rendered"]["prompt"] == "banner for 2026-12-05, a lighthouse"
+    outcome = event["results"]["0"]
+    assert outcome["status"] == "success"
+    assert len(outcome["image_urls"]) == 2
+    calls = emulator.state.generation_calls()
+    assert [call.body["prompt"] for call in calls] == ["banner for 2026-12-05, a lighthouse"]
+    prefix = f"imagegen/imagegen_test/{RUN_ID.replace(':', '_').replace('+', '_')}"
+    pending = [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
+    assert len(pending) == 1, "the URLs are recorded before the event fires"
+    assert read_json(s3, s3_bucket, pending[0])["image_urls"] == outcome["image_urls"]
+    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith(".png")], "the trigger copies nothing"
+
+    worker = in_dag(prompt="something the worker would render otherwise", n=2)
+    xcom = copy(worker, event)
+
+    assert len(xcom) == 2
+    assert len(emulator.state.generation_calls()) == 1
+    manifest = read_json(s3, s3_bucket, xcom[0]["key"].rsplit("/", 1)[0] + "/manifest.json")
+    assert manifest["prompt"] == "banner for 2026-12-05, a lighthouse", "the plan follows the trigger's rendering"
+    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
+    logs = task_logs()
+    assert "Started in the triggerer: 1 prompt(s), 1 to generate, 0 left to the worker" in logs
+    assert "Started in the triggerer; this worker copies what it generated" in logs
+    assert "Cost of this try: 1 paid generation call(s)" in logs
+    assert emulator.api_key not in logs + json.dumps(event) + json.dumps(xcom)
+    assert prefix.split("/")[0] == xcom[0]["key"].split("/")[0]
+
+
+@needs_3_3
+def test_a_rerun_of_a_finished_task_makes_no_call(in_dag, emulator) -> None:
+    op = in_dag(n=2)
+    first = copy(op, start(op))
+
+    event = start(op, try_number=2)
+
+    assert event["results"] == {}, "nothing to generate: the worker reuses the verified manifest"
+    assert copy(op, event, try_number=2) == first
+    assert len(emulator.state.generation_calls()) == 1
+
+
+@needs_3_3
+def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(in_dag, emulator, s3, s3_bucket) -> None:
+    op = in_dag(n=2)
+    start(op)  # the triggerer dies after the record, before its event reaches the database
+
+    event = start(op)  # the restarted triggerer runs the trigger again
+
+    assert event["results"] == {}
+    xcom = copy(op, event)
+    assert len(xcom) == 2
+    assert len(emulator.state.generation_calls()) == 1
+
+
+@needs_3_3
+def test_a_try_that_failed_after_the_trigger_pays_nothing_again(in_dag, emulator, s3, s3_bucket) -> None:
+    op = in_dag(n=1)
+    event = start(op)
+    emulator.configure(truncate_bodies=True)
+    with pytest.raises(ImageGenDownloadError) as failed:
+        copy(op, event)  # the copy fails on the worker: the task is retried
+    assert not failed.value.permanent
+    emulator.configure(truncate_bodies=False)
+
+    retry = start(op, try_number=2)
+
+    assert retry["results"] == {}
+    assert len(copy(op, retry, try_number=2)) == 1
+    assert len(emulator.state.generation_calls()) == 1
+
+
+@needs_3_3
+def test_invalid_values_are_refused_before_any_call(in_dag, emulator) -> None:
+    op = in_dag(n="{{ params.n }}")
+
+    event = start(op, params={"n": 11})
+
+    assert event == {"start": {"rendered": event["start"]["rendered"]}, "results": {}}
+    assert emulator.state.generation_calls() == []
+    with pytest.raises(AirflowFailException, match="n"):
+        copy(op, event)
+
+
+@needs_3_3
+def test_a_permanent_api_error_fails_the_task_without_retries(in_dag, emulator) -> None:
+    op = in_dag(prompt="something forbidden")
+
+    event = start(op)
+
+    assert event["results"]["0"]["error_class"] == "ImageGenContentPolicyError"
+    with pytest.raises(AirflowFailException, match="ImageGenContentPolicyError"):
+        copy(op, event)
+    assert len(emulator.state.generation_calls()) == 1
+
+
+@needs_3_3
+def test_what_the_triggerer_cannot_render_goes_back_to_a_worker(in_dag, emulator, task_logs) -> None:
+    op = in_dag(dag_kwargs={"user_defined_macros": {"mood": lambda: "calm"}}, prompt="a {{ mood() }} sea")
+
+    event = start(op)
+
+    assert set(event) == {"start"}
+    assert "the triggerer cannot render `prompt` (UndefinedError" in event["start"]["fallback"]
+    assert emulator.state.generation_calls() == []
+    op.render_template_fields(make_context() | {"mood": lambda: "calm"})
+    with pytest.raises(TaskDeferred) as deferred:
+        copy(op, event)
+    assert type(deferred.value.trigger).__name__ == "ImageGenTrigger"
+    assert "Deferring from the worker: the triggerer could not start the task:" in task_logs()
+
+
+@needs_3_3
+def test_template_files_are_read_from_the_dag_folder(in_dag, tmp_path, emulator) -> None:
+    (tmp_path / "banner.j2").write_text("a banner for {{ ds }}")
+    op = in_dag(prompt="banner.j2")
+    op.dag.fileloc = str(tmp_path / "dag.py")
+
+    event = start(op)
+
+    assert event["start"]["rendered"]["prompt"] == "a banner for 2026-12-05"
+    assert [call.body["prompt"] for call in emulator.state.generation_calls()] == ["a banner for 2026-12-05"]
+
+
+@needs_3_3
+def test_map_indexes_read_their_own_value_and_share_max_concurrency(make_op, emulator, s3_bucket, s3) -> None:
+    from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+
+    with _dag():
+        make_op(task_id="anchor")  # the fixtures' connections
+        mapped = ImageGenToS3Operator.partial(
+            task_id="generate", s3_bucket=s3_bucket, deferrable=True, max_concurrency=2
+        ).expand(prompt=["p0 {{ ds }}", "p1", "p2", "p3"])
+    emulator.configure(latency=0.4)
+    serialised = _deserialised(mapped)
+
+    async def all_four() -> list[Any]:
+        async def one(index: int) -> Any:
+            trigger = _trigger_of(serialised)
+            ctx = _context(serialised, map_index=index)
+            trigger.task_instance = ctx["ti"]
+            trigger.render_template_fields(context=ctx)
+            return [event async for event in trigger.run()].pop().payload
+
+        return await asyncio.gather(*(one(index) for index in range(4)))
+
+    events = asyncio.run(all_four())
+
+    assert [event["start"]["rendered"]["prompt"] for event in events] == ["p0 2026-12-05", "p1", "p2", "p3"]
+    assert emulator.stats()["max_in_flight_generations"] == 2
+    pending = sorted(key for key in list_keys(s3, s3_bucket) if key.endswith("_pending.json"))
+    assert [key.split("/")[-2] for key in pending] == ["0", "1", "2", "3"], "each map index under its own prefix"
+
+
+@needs_3_3
+def test_s3_is_read_off_the_event_loop(in_dag, monkeypatch) -> None:
+    from airflow_provider_imagegen.records import RecordStore
+
+    threads: list[str] = []
+    real = RecordStore.list_records
+
+    def spy(self: Any, prefix: str, *, nested: bool) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, prefix, nested=nested)
+
+    monkeypatch.setattr(RecordStore, "list_records", spy)
+    op = in_dag()
+
+    start(op)
+
+    assert threads
+    assert threads[0] != threading.main_thread().name
