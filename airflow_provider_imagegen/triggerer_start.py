@@ -59,6 +59,13 @@ def _holds_xcom(value: Any) -> bool:
     return False
 
 
+def _dag_refusal(dag: Any) -> str | None:
+    """Why the DAG's templating cannot be repeated in the triggerer, which renders from the serialised DAG."""
+    if getattr(dag, "jinja_environment_kwargs", None):
+        return "the DAG sets jinja_environment_kwargs, which the triggerer does not have (they are not serialised)"
+    return None
+
+
 def refusal(operator: Any) -> str | None:
     """Why ``operator`` (a task as written in its DAG file) cannot start in the triggerer; None if it can.
 
@@ -71,7 +78,7 @@ def refusal(operator: Any) -> str | None:
     for name in TEMPLATED_ARGUMENTS:
         if _holds_xcom(getattr(operator, name, None)):
             return f"`{name}` comes from an upstream task's XCom, which only a worker resolves"
-    return None
+    return _dag_refusal(operator.dag if operator.has_dag() else None)
 
 
 def mapped_refusal(operator_class: type, partial_kwargs: Mapping[str, Any], expand_input: Any) -> str | None:
@@ -91,6 +98,9 @@ def mapped_refusal(operator_class: type, partial_kwargs: Mapping[str, Any], expa
     for name in TEMPLATED_ARGUMENTS:
         if _holds_xcom(partial_kwargs.get(name)):
             return f"`{name}` comes from an upstream task's XCom, which only a worker resolves"
+    dag = _dag_refusal(partial_kwargs.get("dag"))
+    if dag is not None:
+        return dag
     value = getattr(expand_input, "value", None)
     if isinstance(value, Mapping):
         if len(value) != 1:
@@ -201,7 +211,9 @@ def task_arguments(arguments: Mapping[str, Any], task: Any, map_index: int | Non
     return values
 
 
-def render(templater: Any, values: Mapping[str, Any], context: Any, searchpath: Sequence[str]) -> dict[str, Any]:
+def render(
+    templater: Any, values: Mapping[str, Any], context: Any, searchpath: Sequence[str], *, native: bool = False
+) -> dict[str, Any]:
     """The templated arguments rendered with the task's context, as a worker renders them.
 
     Undefined names fail (``StrictUndefined``, the DAG default) rather than render as nothing;
@@ -212,10 +224,11 @@ def render(templater: Any, values: Mapping[str, Any], context: Any, searchpath: 
     :param values: the arguments as written in the DAG file.
     :param context: the task instance's template context.
     :param searchpath: where template files are looked up.
+    :param native: the DAG renders templates as native Python objects (``render_template_as_native_obj``).
     """
     from airflow_provider_imagegen.version_compat import template_env
 
-    env = template_env(list(searchpath))
+    env = template_env(list(searchpath), native=native)
     rendered = {}
     for name in TEMPLATED_ARGUMENTS:
         try:

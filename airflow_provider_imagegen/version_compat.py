@@ -138,18 +138,19 @@ def set_during_execution() -> Any:
     return SET_DURING_EXECUTION
 
 
-def template_env(searchpath: list[str]) -> Any:
+def template_env(searchpath: list[str], *, native: bool = False) -> Any:
     """The Jinja environment a task's values are rendered with, for a trigger that renders them itself.
 
-    As a DAG builds it by default (sandboxed, ``StrictUndefined``, Airflow's filters, template
-    files from ``searchpath``), without the DAG's own macros, which are not serialised. Only
+    As a DAG builds it by default (sandboxed, or native for ``render_template_as_native_obj``;
+    ``StrictUndefined``, Airflow's filters, template files from ``searchpath``), without the DAG's
+    own macros, filters and Jinja options, which are not serialised. Only
     tasks started in the triggerer use it (Airflow 3.3+), through the task SDK's private
     ``_internal.templater`` (no public name up to 3.3); ``tests/test_version_compat.py`` fails
     when the path moves.
     """
     from airflow.sdk.definitions._internal.templater import create_template_env
 
-    return create_template_env(searchpath=searchpath)
+    return create_template_env(searchpath=searchpath, native=native)
 
 
 def stats_facade() -> Any:

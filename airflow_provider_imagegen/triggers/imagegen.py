@@ -212,7 +212,11 @@ class ImageGenStartTrigger(BaseTrigger):
         map_index = getattr(ti, "map_index", -1)
         values = task_arguments(self.arguments, task, map_index)
         # rendering may read template files and the context's lazy values (supervisor calls): asgiref's thread
-        rendered = await sync_to_async(render)(self, values, self._context, _searchpath(task))
+        native = getattr(task, "render_template_as_native_obj", None)  # the task's own choice, else the DAG's
+        if native is None:
+            native = bool(getattr(getattr(task, "dag", None), "render_template_as_native_obj", False))
+        self.render_template_as_native_obj = native  # what Templater.render_template reads
+        rendered = await sync_to_async(render)(self, values, self._context, _searchpath(task), native=native)
         values.update(rendered)
         started: dict[str, Any] = {"start": {"rendered": rendered}, "results": {}}
         identity = TaskIdentity(

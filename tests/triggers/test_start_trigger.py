@@ -361,3 +361,27 @@ def test_s3_is_read_off_the_event_loop(in_dag, monkeypatch) -> None:
 
     assert threads
     assert threads[0] != threading.main_thread().name
+
+
+@needs_3_3
+def test_jinja_options_the_triggerer_lacks_keep_the_task_on_a_worker(in_dag, s3_bucket) -> None:
+    from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+
+    options = {"jinja_environment_kwargs": {"variable_start_string": "[[", "variable_end_string": "]]"}}
+    op = in_dag(dag_kwargs=options, prompt="banner for [[ ds ]]")
+    with _dag(**options):
+        mapped = ImageGenToS3Operator.partial(task_id="m", s3_bucket=s3_bucket, deferrable=True).expand(prompt=["a"])
+
+    assert op.start_from_trigger is False
+    assert mapped.start_from_trigger is False
+    assert "jinja_environment_kwargs" in op._why_on_a_worker()
+
+
+@needs_3_3
+def test_a_native_rendering_dag_renders_natively_in_the_triggerer(in_dag, emulator) -> None:
+    op = in_dag(dag_kwargs={"render_template_as_native_obj": True}, prompt=None, prompts="{{ params.prompts }}")
+
+    event = start(op, params={"prompts": ["a", "b"]})
+
+    assert event["start"]["rendered"]["prompts"] == ["a", "b"]
+    assert sorted(call.body["prompt"] for call in emulator.state.generation_calls()) == ["a", "b"]
