@@ -49,7 +49,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(airflow|httpx|tenacity|botocore|boto3|pendulum|typing_extensions|fastapi|uvicorn)(\..*)?"),
     (r"py:.*", r"(collections\.abc|contextlib|typing|datetime|asyncio|ssl|pathlib|types|dataclasses)\..*"),
     (r"py:.*", r"(Any|Context|TaskDecorator|Connection|BaseHook|BaseOperator|NoneType|Unpack|Iterator)"),
-    (r"py:.*", r"(HITLOperator|BaseTrigger|TriggerEvent|AirflowException|ValueError|Exception)"),
+    (r"py:.*", r"(HITLOperator|BaseTrigger|TriggerEvent|AirflowException|ValueError|Exception|OperatorPartial)"),
     (r"py:.*", r"(AsyncIterator|AbstractContextManager|Callable|Sequence|Mapping|Collection)"),
     # the provider's internal types, named in public signatures but not part of its API
     (
