@@ -146,9 +146,9 @@ def _defaults(operator_class: Any) -> dict[str, Any]:
 
 
 def starting_partial(made: Any) -> Any:
-    """``made`` (an ``OperatorPartial``) as one whose ``.expand()`` / ``.expand_kwargs()`` start the
-    map indexes in the triggerer when the task is deferrable and :func:`mapped_refusal` finds no reason
-    against it (the scheduler reads ``start_from_trigger`` from the mapped task).
+    """``made`` (an ``OperatorPartial`` of a deferrable task) as one whose ``.expand()`` /
+    ``.expand_kwargs()`` start the map indexes in the triggerer when :func:`mapped_refusal` finds no
+    reason against it (the scheduler reads ``start_from_trigger`` from the mapped task).
 
     :param made: what ``BaseOperator.partial`` returned.
     """
@@ -157,12 +157,7 @@ def starting_partial(made: Any) -> Any:
     class StartingPartial(OperatorPartial):
         def _expand(self, expand_input: Any, *, strict: bool) -> Any:
             mapped = super()._expand(expand_input, strict=strict)
-            deferrable = self.kwargs.get("deferrable")
-            if deferrable is None:
-                from airflow_provider_imagegen.operators.imagegen import default_deferrable
-
-                deferrable = default_deferrable()
-            if deferrable and mapped_refusal(self.operator_class, self.kwargs, expand_input) is None:
+            if mapped_refusal(self.operator_class, self.kwargs, expand_input) is None:
                 mapped.start_from_trigger = True
                 # as unmapping will: the class's defaults, then the DAG's and task group's default_args
                 dag, group = self.kwargs.get("dag"), self.kwargs.get("task_group")

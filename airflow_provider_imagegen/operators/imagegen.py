@@ -180,7 +180,10 @@ class ImageGenToS3Operator(BaseOperator):
         :param kwargs: the arguments every map index shares.
         """
         made: OperatorPartial = super().partial(**kwargs)
-        if not (AIRFLOW_V_3_3_PLUS and cls.can_start_from_trigger):
+        deferrable = kwargs.get("deferrable")
+        if deferrable is None:
+            deferrable = default_deferrable()
+        if not (deferrable and AIRFLOW_V_3_3_PLUS and cls.can_start_from_trigger):
             return made
         from airflow_provider_imagegen.triggerer_start import starting_partial
 
