@@ -13,6 +13,7 @@ the copier (one URL → one object) and the runner (threads and bounds).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,6 @@ from airflow_provider_imagegen.version_compat import TaskDeferred
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-    from concurrent.futures import Future
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
     from airflow_provider_imagegen.models import CopiedImage
@@ -282,30 +282,48 @@ class PromptPipeline:
             attempts=int(outcome.get("attempts", 1)),
             request_id=outcome.get("request_id"),
         )
-        return self.store_generated(job, result)
+        return self.store_generated(
+            job, result, generated_at=outcome.get("generated_at"), recorded=bool(outcome.get("recorded"))
+        )
 
-    def store_generated(self, job: PromptJob, result: ImageGenerationResult) -> list[CopiedImage]:
+    def store_generated(
+        self, job: PromptJob, result: ImageGenerationResult, *, generated_at: str | None = None, recorded: bool = False
+    ) -> list[CopiedImage]:
         """Check the count, record the URLs (so a retry does not pay again), then copy them.
 
         The record is written while the copy starts, not before it: the manifest (the commit
         point) waits for it, and a failed copy returns only once the record is stored.
+
+        :param job: the prompt.
+        :param result: what the API answered.
+        :param generated_at: when it answered, if not now (a trigger's call).
+        :param recorded: the trigger already recorded these URLs: no second write.
         """
         self.tally.generated(requested=job.request.n, received=len(result.image_urls), seconds=result.elapsed)
         urls = self._usable_urls(job, result.image_urls)
         generation = Generation(
-            generated_at=utcnow_iso(), generation_seconds=round(result.elapsed, 3), request_id=result.request_id
+            generated_at=generated_at or utcnow_iso(),
+            generation_seconds=round(result.elapsed, 3),
+            request_id=result.request_id,
         )
         paid = self._paid.pop(job.prefix, 0) + 1
-        recorded = self.runner.start_in_background(self.store.record_pending, job, urls, generation, generations=paid)
+        written: Future[Any]
+        if recorded:
+            written = Future()
+            written.set_result(None)
+        else:
+            written = self.runner.start_in_background(
+                self.store.record_pending, job, urls, generation, generations=paid
+            )
         try:
-            return self._copy_and_commit(job, urls, generation, recorded, received=len(result.image_urls))
+            return self._copy_and_commit(job, urls, generation, written, received=len(result.image_urls))
         except ImageGenDownloadError as error:
             if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
-                recorded.exception()
+                written.exception()
                 self.store.record_pending(job, urls, generation, generations=paid, download_failed=True)
             raise
         finally:
-            recorded.exception()  # waits for the write, whatever happened to the copy
+            written.exception()  # waits for the write, whatever happened to the copy
 
     def _copy_and_commit(
         self,

@@ -136,6 +136,7 @@ async def generate_each(
         )
         return {
             "status": "success",
+            "generated_at": utcnow_iso(),
             "image_urls": result.image_urls,
             "elapsed": round(result.elapsed, 3),
             "attempts": result.attempts,
@@ -302,11 +303,12 @@ class ImageGenStartTrigger(BaseTrigger):
             except ImageGenError:
                 return  # too few images: the worker fails the prompt (permanently), nothing to reuse
             generation = Generation(
-                generated_at=utcnow_iso(),
+                generated_at=outcome.get("generated_at") or utcnow_iso(),
                 generation_seconds=outcome.get("elapsed"),
                 request_id=outcome.get("request_id"),
             )
             store.record_pending(job, urls, generation)
+            outcome["recorded"] = True  # the worker need not write it again
 
         for job in jobs:
             outcome = results.get(str(job.prompt_index)) or {}

@@ -116,7 +116,7 @@ def test_run_yields_one_event_with_per_prompt_results_in_order(emulator, imagege
     for index, prompt in enumerate(prompts):
         outcome = results[str(index)]
         assert outcome["status"] == "success"
-        assert set(outcome) == {"status", "image_urls", "elapsed", "attempts", "request_id"}
+        assert set(outcome) == {"status", "generated_at", "image_urls", "elapsed", "attempts", "request_id"}
         assert outcome["attempts"] == 1
         assert isinstance(outcome["elapsed"], float)
         assert len(outcome["image_urls"]) == 2

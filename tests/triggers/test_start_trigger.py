@@ -210,6 +210,8 @@ def test_the_trigger_renders_generates_and_records_and_the_worker_only_copies(
     assert len(emulator.state.generation_calls()) == 1
     manifest = read_json(s3, s3_bucket, xcom[0]["key"].rsplit("/", 1)[0] + "/manifest.json")
     assert manifest["prompt"] == "banner for 2026-12-05, a lighthouse", "the plan follows the trigger's rendering"
+    assert outcome["recorded"] is True
+    assert manifest["generated_at"] == outcome["generated_at"], "when the trigger's call answered"
     assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
     logs = task_logs()
     assert "Started in the triggerer: 1 prompt(s), 1 to generate, 0 left to the worker" in logs
@@ -385,3 +387,22 @@ def test_a_native_rendering_dag_renders_natively_in_the_triggerer(in_dag, emulat
 
     assert event["start"]["rendered"]["prompts"] == ["a", "b"]
     assert sorted(call.body["prompt"] for call in emulator.state.generation_calls()) == ["a", "b"]
+
+
+@needs_3_3
+def test_a_triggerer_without_s3_leaves_the_prompts_to_the_worker(in_dag, emulator, monkeypatch, task_logs) -> None:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    def unreachable(self: Any) -> Any:
+        raise RuntimeError("no AWS connection in this triggerer")
+
+    op = in_dag(n=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(S3Hook, "get_conn", unreachable)
+        event = start(op)
+
+    assert event["results"] == {}, "without the records it cannot know what was paid: no call"
+    assert emulator.state.generation_calls() == []
+    assert "Cannot reach S3 from the triggerer (no AWS connection in this triggerer)" in task_logs()
+    assert len(copy(op, event)) == 1
+    assert len(emulator.state.generation_calls()) == 1, "the worker generates it, once"
