@@ -53,7 +53,9 @@ CONSUMER_DAG_ID = "imagegen_asset_consumer"
 CONSUMER_TASK_ID = "validate_new_images"
 IMAGES_ALIAS = "imagegen_images"
 TRIGGER_CLASSPATHS = {
-    "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger" if AIRFLOW_V_3_3_PLUS else "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
+    "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger"
+    if AIRFLOW_V_3_3_PLUS
+    else "airflow_provider_imagegen.triggers.imagegen.ImageGenTrigger"
 }
 N_IMAGES = 2
 API_LATENCY = 8.0
@@ -359,8 +361,10 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
     )
     # the template file, its macros and params rendered where the call was made, as a worker renders them
     logical_date = datetime.fromisoformat(created["logical_date"].replace("Z", "+00:00"))
-    assert generations[0].body["prompt"].startswith(
-        f"Banner for {logical_date.strftime('%A %d %B %Y')}: a lighthouse on a rocky coast at sunrise"
+    assert (
+        generations[0]
+        .body["prompt"]
+        .startswith(f"Banner for {logical_date.strftime('%A %d %B %Y')}: a lighthouse on a rocky coast at sunrise")
     ), generations[0].body["prompt"]
 
     # -- the images in S3 are the bytes the emulator served --------------------------------------------
