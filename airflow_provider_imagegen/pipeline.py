@@ -198,10 +198,21 @@ class PromptPipeline:
         pending = self.store.pending(job)
         if pending is None:
             return None
+        if pending.try_number is not None and pending.try_number == self.plan.task.try_number:
+            # this try's own call, made by its trigger before the triggerer restarted: paid in this try
+            self.tally.generated(
+                requested=job.request.n,
+                received=len(pending.image_urls),
+                seconds=pending.generation.generation_seconds or 0.0,
+            )
+            made_by = "this try's trigger generated before the triggerer restarted"
+        else:
+            made_by = "an earlier try generated"
         self.log.info(
-            "Prompt %d: copying the %d image(s) an earlier try generated (no new API call)",
+            "Prompt %d: copying the %d image(s) %s (no new API call)",
             job.prompt_index,
             len(pending.image_urls),
+            made_by,
         )
         try:
             return self._copy_and_commit(job, pending.image_urls, pending.generation, received=len(pending.image_urls))
@@ -218,7 +229,12 @@ class PromptPipeline:
         except ImageGenDownloadError as error:
             if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
                 self.store.record_pending(
-                    job, pending.image_urls, pending.generation, generations=pending.generations, download_failed=True
+                    job,
+                    pending.image_urls,
+                    pending.generation,
+                    generations=pending.generations,
+                    download_failed=True,
+                    try_number=pending.try_number,
                 )
             raise
 
@@ -313,14 +329,16 @@ class PromptPipeline:
             written.set_result(None)
         else:
             written = self.runner.start_in_background(
-                self.store.record_pending, job, urls, generation, generations=paid
+                self.store.record_pending, job, urls, generation, generations=paid, try_number=self.plan.task.try_number
             )
         try:
             return self._copy_and_commit(job, urls, generation, written, received=len(result.image_urls))
         except ImageGenDownloadError as error:
             if not error.permanent:  # the image host failed, not S3: a later expiry must not pay again
                 written.exception()
-                self.store.record_pending(job, urls, generation, generations=paid, download_failed=True)
+                self.store.record_pending(
+                    job, urls, generation, generations=paid, download_failed=True, try_number=self.plan.task.try_number
+                )
             raise
         finally:
             written.exception()  # waits for the write, whatever happened to the copy

@@ -135,6 +135,7 @@ class PendingRecord:
     saved_at: str = ""
     generations: int = 1  # paid generations this task instance made for the prompt so far
     download_failed: bool = False  # a try failed downloading these URLs (a retry will not pay again)
+    try_number: int | None = None  # the try whose call paid for them (None: records of earlier builds)
 
     def to_json(self) -> dict[str, Any]:
         """The stored JSON object."""
@@ -144,6 +145,7 @@ class PendingRecord:
             "saved_at": self.saved_at,
             "generations": self.generations,
             "download_failed": self.download_failed,
+            "try_number": self.try_number,
             **self.generation.to_json(),
         }
 
@@ -160,6 +162,7 @@ class PendingRecord:
             saved_at=str(data.get("saved_at") or ""),
             generations=int(data.get("generations") or 1),
             download_failed=data.get("download_failed") is True,
+            try_number=data["try_number"] if isinstance(data.get("try_number"), int) else None,
         )
 
 
@@ -453,6 +456,7 @@ class RecordStore:
         *,
         generations: int = 1,
         download_failed: bool = False,
+        try_number: int | None = None,
     ) -> None:
         """Record generated URLs so that a retry can copy them without generating (and paying) again.
 
@@ -464,6 +468,7 @@ class RecordStore:
         :param generation: what the API call said of itself.
         :param generations: paid generations this task instance made for the prompt so far.
         :param download_failed: a try failed downloading these URLs (their host, not S3, failed).
+        :param try_number: the try whose call paid for them.
         """
         record = PendingRecord(
             image_urls=tuple(urls),
@@ -472,6 +477,7 @@ class RecordStore:
             saved_at=utcnow_iso(),
             generations=generations,
             download_failed=download_failed,
+            try_number=try_number,
         )
         self._write(pending_key(job.prefix), record.to_json(), put_args=_PENDING_PUT_ARGS)
 

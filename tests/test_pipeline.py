@@ -124,7 +124,14 @@ class FakeStore:
         return self.pending_records.get(job.prefix)
 
     def record_pending(
-        self, job: PromptJob, urls: Any, generation: Generation, *, generations: int = 1, download_failed: bool = False
+        self,
+        job: PromptJob,
+        urls: Any,
+        generation: Generation,
+        *,
+        generations: int = 1,
+        download_failed: bool = False,
+        try_number: int | None = None,
     ) -> None:
         self.events.append("record")
         self.recorded.append(
@@ -134,6 +141,7 @@ class FakeStore:
                 "generation": generation,
                 "generations": generations,
                 "download_failed": download_failed,
+                "try_number": try_number,
             }
         )
 

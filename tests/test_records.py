@@ -186,3 +186,16 @@ def test_a_failed_download_is_remembered_with_the_urls(s3):
     store.record_pending(JOB, ["https://cdn.test/0.png"], Generation(), generations=2, download_failed=True)
     record = _store(s3).pending(JOB)
     assert (record.generations, record.download_failed) == (2, True)
+
+
+def test_a_pending_record_keeps_the_try_that_paid_for_it():
+    from airflow_provider_imagegen.records import Generation, PendingRecord
+
+    record = PendingRecord(
+        image_urls=("https://img/1.png",), request_fingerprint="f", generation=Generation(), try_number=3
+    )
+
+    assert PendingRecord.from_json(record.to_json()).try_number == 3
+    earlier_build = {key: value for key, value in record.to_json().items() if key != "try_number"}
+    assert PendingRecord.from_json(earlier_build).try_number is None
+    assert PendingRecord.from_json({**record.to_json(), "try_number": "3"}).try_number is None

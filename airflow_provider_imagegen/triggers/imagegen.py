@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
 
 from airflow_provider_imagegen.exceptions import ImageGenError, event_from_error
 
@@ -148,8 +151,9 @@ async def generate_each(
     return dict(zip(indexes, outcomes, strict=True))
 
 
-_GATES: dict[tuple[int, str, str, str], asyncio.Semaphore] = {}
-"""One gate per task (its map indexes share it) and event loop: ``max_concurrency`` calls at once."""
+_GATES: weakref.WeakValueDictionary[tuple[int, str, str, str, str], asyncio.Semaphore] = weakref.WeakValueDictionary()
+"""One gate per task and run (its map indexes share it) and event loop: ``max_concurrency`` calls at
+once. Weak: a gate goes when no trigger of its task holds it, so a long-lived triggerer keeps none."""
 
 
 class ImageGenStartTrigger(BaseTrigger):
@@ -204,8 +208,6 @@ class ImageGenStartTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _start(self) -> dict[str, Any]:
-        from asgiref.sync import sync_to_async
-
         ti: Any = self.task_instance
         task = getattr(ti, "task", None)
         if self._context is None or task is None:
@@ -263,9 +265,6 @@ class ImageGenStartTrigger(BaseTrigger):
 
     async def _record_store(self, plan: Plan, values: dict[str, Any]) -> RecordStore | None:
         """The S3 records of the plan's bucket; None when the S3 connection cannot be used here."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from asgiref.sync import sync_to_async
-
         try:
             # the connection read talks to the supervisor: asgiref's thread, as every sync read in a trigger
             client = await sync_to_async(S3Hook(aws_conn_id=values["aws_conn_id"]).get_conn)()
@@ -307,7 +306,7 @@ class ImageGenStartTrigger(BaseTrigger):
                 generation_seconds=outcome.get("elapsed"),
                 request_id=outcome.get("request_id"),
             )
-            store.record_pending(job, urls, generation)
+            store.record_pending(job, urls, generation, try_number=plan.task.try_number)
             outcome["recorded"] = True  # the worker need not write it again
 
         for job in jobs:
@@ -334,7 +333,7 @@ def _searchpath(task: Any) -> list[str]:
 
 
 def _task_gate(task: TaskIdentity, conn_id: str, limit: int) -> asyncio.Semaphore:
-    key = (id(asyncio.get_running_loop()), task.dag_id, task.task_id, conn_id)
+    key = (id(asyncio.get_running_loop()), task.dag_id, task.run_id, task.task_id, conn_id)
     gate = _GATES.get(key)
     if gate is None:
         gate = _GATES[key] = asyncio.Semaphore(max(1, limit))

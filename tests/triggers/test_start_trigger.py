@@ -234,7 +234,9 @@ def test_a_rerun_of_a_finished_task_makes_no_call(in_dag, emulator) -> None:
 
 
 @needs_3_3
-def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(in_dag, emulator, s3, s3_bucket) -> None:
+def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(
+    in_dag, emulator, s3, s3_bucket, task_logs
+) -> None:
     op = in_dag(n=2)
     start(op)  # the triggerer dies after the record, before its event reaches the database
 
@@ -244,10 +246,13 @@ def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(in_dag, emu
     xcom = copy(op, event)
     assert len(xcom) == 2
     assert len(emulator.state.generation_calls()) == 1
+    logs = task_logs()
+    assert "copying the 2 image(s) this try's trigger generated before the triggerer restarted" in logs
+    assert "Cost of this try: 1 paid generation call(s)" in logs, "the call this try paid is counted once"
 
 
 @needs_3_3
-def test_a_try_that_failed_after_the_trigger_pays_nothing_again(in_dag, emulator, s3, s3_bucket) -> None:
+def test_a_try_that_failed_after_the_trigger_pays_nothing_again(in_dag, emulator, s3, s3_bucket, task_logs) -> None:
     op = in_dag(n=1)
     event = start(op)
     emulator.configure(truncate_bodies=True)
@@ -261,6 +266,7 @@ def test_a_try_that_failed_after_the_trigger_pays_nothing_again(in_dag, emulator
     assert retry["results"] == {}
     assert len(copy(op, retry, try_number=2)) == 1
     assert len(emulator.state.generation_calls()) == 1
+    assert "Cost of this try: 0 paid generation call(s)" in task_logs(), "try 1 paid, not try 2"
 
 
 @needs_3_3

@@ -33,7 +33,12 @@ with DAG(dag_id="imagegen_celery_mapped", **DEFAULTS):
 
 with DAG(dag_id="imagegen_celery_deferrable", **DEFAULTS):
     ImageGenToS3Operator.partial(
-        task_id="generate", s3_bucket="{{ params.bucket }}", quality="low", deferrable=True
+        # all six at once: on Airflow 3.3 they start in the triggerer and share max_concurrency
+        task_id="generate",
+        s3_bucket="{{ params.bucket }}",
+        quality="low",
+        deferrable=True,
+        max_concurrency=6,
     ).expand(prompt=DEFERRABLE_PROMPTS)
 
 with DAG(dag_id="imagegen_celery_worker_lost", **DEFAULTS):
