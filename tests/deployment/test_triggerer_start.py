@@ -825,7 +825,11 @@ def test_triggerer_killed_once_the_urls_are_recorded(deployed: Deployed) -> None
         )
         assert STARTED_LINE in literal_worker, literal_worker[-3000:]
         assert literal_worker.count(PRE_EXECUTE) == 1, literal_worker[-3000:]
-        assert "copying the 1 image(s) an earlier try generated (no new API call)" in literal_worker
+        assert (
+            "copying the 1 image(s) this try's trigger generated before the triggerer restarted (no new API call)"
+            in literal_worker
+        ), literal_worker[-3000:]
+        assert "Cost of this try: 1 paid generation call(s) for 1 prompt(s)" in literal_worker, "the call is counted"
     else:
         assert DEFERRED_LINE in literal_worker, literal_worker[-3000:]
         assert STARTED_LINE not in literal_worker
