@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 needs_3_3 = pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS, reason="Airflow 3.1 and 3.2 do not start tasks in the triggerer (tested below: they refuse)"
+    not AIRFLOW_V_3_3_PLUS,
+    reason="Airflow 3.1 and 3.2 do not start tasks in the triggerer (the first test checks that they refuse)",
 )
 START_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger"
 
