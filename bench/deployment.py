@@ -14,7 +14,10 @@ The modes run one after the other, each a DAG run triggered through the REST API
 
 * B7a: one ``ImageGenToS3Operator`` with the N prompts (``max_concurrency=C``);
 * B7b: ``ImageGenToS3Operator.partial(pool=...).expand(prompt=PROMPTS)``, waiting in the worker;
-* B7c: the same with ``deferrable=True, max_concurrency=C``;
+* B7c: the same with ``deferrable=True, max_concurrency=C`` and no pool: on Airflow 3.3 these tasks
+  start in the triggerer, where a pool does not apply (the scheduler defers them before any pool
+  check) and ``max_concurrency`` is the API budget their map indexes share; a pool that counts
+  deferred tasks would only hold back the workers that copy until nearly every trigger is done;
 * B7d: Airflow's own cost of a deferral: the stock ``TimeDeltaSensor(deferrable=True)`` mapped N
   times (``.partial(...).expand(delta=...)``), each waiting ``SENSOR_WAIT`` from its own start. The
   sensor counts ``delta`` from the run's data interval end: a fixed ``delta`` would have passed before
@@ -116,7 +119,7 @@ with DAG(dag_id="{dag_b}", max_active_tasks={n}, **DEFAULTS):
 
 with DAG(dag_id="{dag_c}", max_active_tasks={n}, **DEFAULTS):
     ImageGenToS3Operator.partial(
-        task_id="{task_id}", s3_bucket="{{{{ params.bucket }}}}", pool="{pool}", deferrable=True, max_concurrency={c}
+        task_id="{task_id}", s3_bucket="{{{{ params.bucket }}}}", deferrable=True, max_concurrency={c}
     ).expand(prompt=PROMPTS)
 
 with DAG(dag_id="{dag_d}", max_active_tasks={n}, render_template_as_native_obj=True, **DEFAULTS):
