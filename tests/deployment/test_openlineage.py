@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
+from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS
 
 OPENLINEAGE_INSTALLED = importlib.util.find_spec("airflow.providers.openlineage") is not None
 N_IMAGES = 2
@@ -120,3 +121,22 @@ def test_lineage_is_none_without_openlineage(
     operator, images = stored
     assert images, "the operator stored images: only the missing provider can explain a None"
     assert operator.get_openlineage_facets_on_complete(task_instance=None) is None
+
+
+@pytest.mark.skipif(
+    not AIRFLOW_V_3_3_PLUS, reason="tasks start in the triggerer from Airflow 3.3 (3.1: the path above)"
+)
+def test_lineage_after_a_start_in_the_triggerer(openlineage: str, make_op: Any, s3_bucket: str) -> None:
+    """The worker that copies after the start trigger reports what it stored, as the worker-only path does."""
+    from tests.triggers.starting import copy, in_a_dag, start
+
+    with in_a_dag():
+        operator = make_op(n=N_IMAGES, quality="low", deferrable=True)
+    assert operator.start_from_trigger
+
+    images = copy(operator, start(operator))
+
+    lineage = operator.get_openlineage_facets_on_complete(task_instance=None)
+    assert [(output.namespace, output.name) for output in lineage.outputs] == [
+        (f"s3://{s3_bucket}", image["key"]) for image in images
+    ]

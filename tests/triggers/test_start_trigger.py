@@ -14,12 +14,20 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-import pendulum
 import pytest
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AirflowFailException, TaskDeferred
 from tests.support import RUN_ID, list_keys, make_context, read_json
+from tests.triggers.starting import (
+    START_CLASSPATH,
+    copy,
+    deserialised,
+    in_a_dag,
+    start,
+    trigger_context,
+    trigger_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,66 +36,6 @@ needs_3_3 = pytest.mark.skipif(
     not AIRFLOW_V_3_3_PLUS,
     reason="Airflow 3.1 and 3.2 do not start tasks in the triggerer (the first test checks that they refuse)",
 )
-START_CLASSPATH = "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger"
-
-
-def _dag(**kwargs: Any) -> Any:
-    from airflow.sdk import DAG
-
-    return DAG("imagegen_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), **kwargs)
-
-
-def _deserialised(task: Any) -> Any:
-    """The task as the scheduler and the triggerer see it (the DAG serialised and read back)."""
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    return DagSerialization.from_dict(DagSerialization.to_dict(task.dag)).get_task(task.task_id)
-
-
-def _trigger_of(serialised_task: Any) -> Any:
-    """The trigger the triggerer builds: the row's kwargs encrypted, decrypted and decoded."""
-    from airflow.models.trigger import Trigger
-    from airflow.serialization.decoders import smart_decode_trigger_kwargs
-
-    from airflow_provider_imagegen.triggers.imagegen import ImageGenStartTrigger
-
-    args = serialised_task.start_trigger_args
-    assert serialised_task.start_from_trigger is True
-    assert args.trigger_cls == START_CLASSPATH
-    assert args.next_method == "execute_complete"
-    row = Trigger(classpath=args.trigger_cls, kwargs=args.trigger_kwargs)
-    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(row.encrypted_kwargs).items()}
-    return ImageGenStartTrigger(**kwargs)
-
-
-def _context(task: Any, *, map_index: int = -1, try_number: int = 1, **extra: Any) -> dict[str, Any]:
-    context = make_context(map_index=map_index, try_number=try_number)
-    context["ti"].task = task
-    context.update({"ds": "2026-12-05", "params": {}, "macros": None}, **extra)
-    return context
-
-
-def start(task: Any, *, map_index: int = -1, try_number: int = 1, **context: Any) -> dict[str, Any]:
-    """Run the start trigger of ``task`` as the triggerer would; the one event's payload."""
-    serialised = _deserialised(task)
-    trigger = _trigger_of(serialised)
-    ctx = _context(serialised, map_index=map_index, try_number=try_number, **context)
-    trigger.task_instance = ctx["ti"]
-    trigger.render_template_fields(context=ctx)
-
-    async def collect() -> list[Any]:
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(collect())
-    assert len(events) == 1
-    payload = events[0].payload
-    json.dumps(payload)  # plain JSON, as the trigger table stores it
-    return payload
-
-
-def copy(op: Any, event: dict[str, Any], *, map_index: int = -1, try_number: int = 1) -> list[dict[str, Any]]:
-    """The worker's part: ``execute_complete`` with the trigger's event."""
-    return op.execute_complete(make_context(map_index=map_index, try_number=try_number), event)
 
 
 @pytest.fixture
@@ -96,7 +44,7 @@ def in_dag(make_op) -> Callable[..., Any]:
 
     def build(dag_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault("deferrable", True)
-        with _dag(**(dag_kwargs or {})):
+        with in_a_dag(**(dag_kwargs or {})):
             return make_op(**kwargs)
 
     return build
@@ -122,7 +70,7 @@ def test_a_task_that_does_not_defer_never_starts_in_the_triggerer(in_dag) -> Non
 def test_values_from_an_upstream_xcom_keep_the_task_on_a_worker(make_op, aws_conn, s3_bucket) -> None:
     from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 
-    with _dag():
+    with in_a_dag():
         upstream = make_op(task_id="upstream", deferrable=False)
         from_xcom = make_op(task_id="from_xcom", prompt=upstream.output, deferrable=True)
         mapped_xcom = ImageGenToS3Operator.partial(task_id="mapped_xcom", s3_bucket=s3_bucket, deferrable=True).expand(
@@ -146,9 +94,9 @@ def test_values_from_an_upstream_xcom_keep_the_task_on_a_worker(make_op, aws_con
     assert not_deferrable.start_from_trigger is False
     for mapped in (literal, kwargs_list):
         assert mapped.start_from_trigger is True
-        serialised = _deserialised(mapped)
+        serialised = deserialised(mapped)
         assert serialised.start_from_trigger is True
-        assert _trigger_of(serialised).arguments["s3_bucket"] == s3_bucket
+        assert trigger_of(serialised).arguments["s3_bucket"] == s3_bucket
 
 
 @needs_3_3
@@ -157,7 +105,7 @@ def test_the_decorator_never_starts_in_the_triggerer(imagegen_conn, aws_conn, s3
 
     import airflow_provider_imagegen.decorators  # noqa: F401  (registers @task.imagegen)
 
-    with _dag():
+    with in_a_dag():
 
         @task.imagegen(s3_bucket=s3_bucket, deferrable=True)
         def banner() -> str:
@@ -171,7 +119,7 @@ def test_the_decorator_never_starts_in_the_triggerer(imagegen_conn, aws_conn, s3
 @needs_3_3
 def test_the_trigger_kwargs_hold_the_dag_file_values_and_no_secret(in_dag, emulator) -> None:
     op = in_dag(prompt="banner for {{ ds }}", s3_tags={"team": "{{ params.team }}"})
-    trigger = _trigger_of(_deserialised(op))
+    trigger = trigger_of(deserialised(op))
 
     assert trigger.arguments["prompt"] == "banner for {{ ds }}"
     assert trigger.arguments["s3_tags"] == {"team": "{{ params.team }}"}
@@ -326,18 +274,18 @@ def test_template_files_are_read_from_the_dag_folder(in_dag, tmp_path, emulator)
 def test_map_indexes_read_their_own_value_and_share_max_concurrency(make_op, emulator, s3_bucket, s3) -> None:
     from airflow_provider_imagegen.operators.imagegen import ImageGenToS3Operator
 
-    with _dag():
+    with in_a_dag():
         make_op(task_id="anchor")  # the fixtures' connections
         mapped = ImageGenToS3Operator.partial(
             task_id="generate", s3_bucket=s3_bucket, deferrable=True, max_concurrency=2
         ).expand(prompt=["p0 {{ ds }}", "p1", "p2", "p3"])
     emulator.configure(latency=0.4)
-    serialised = _deserialised(mapped)
+    serialised = deserialised(mapped)
 
     async def all_four() -> list[Any]:
         async def one(index: int) -> Any:
-            trigger = _trigger_of(serialised)
-            ctx = _context(serialised, map_index=index)
+            trigger = trigger_of(serialised)
+            ctx = trigger_context(serialised, map_index=index)
             trigger.task_instance = ctx["ti"]
             trigger.render_template_fields(context=ctx)
             return [event async for event in trigger.run()].pop().payload
@@ -378,7 +326,7 @@ def test_jinja_options_the_triggerer_lacks_keep_the_task_on_a_worker(in_dag, s3_
 
     options = {"jinja_environment_kwargs": {"variable_start_string": "[[", "variable_end_string": "]]"}}
     op = in_dag(dag_kwargs=options, prompt="banner for [[ ds ]]")
-    with _dag(**options):
+    with in_a_dag(**options):
         mapped = ImageGenToS3Operator.partial(task_id="m", s3_bucket=s3_bucket, deferrable=True).expand(prompt=["a"])
 
     assert op.start_from_trigger is False
