@@ -298,12 +298,7 @@ def run_modes(
     results: dict[str, dict[str, Any]] = {}
     emulator.configure(latency=LATENCY)
     try:
-        deployment.migrate()
-        deployment.start_api_server()
-        deployment.start("scheduler", "--skip-serve-logs")
-        deployment.start("triggerer", "--skip-serve-logs")
-        deployment.start("dag-processor")
-        deployment.wait_api_ready()
+        deployment.start_all()
         with deployment.client(deployment.token()) as client:
             wait_until(
                 lambda: all(client.get(f"/api/v2/dags/{MODES[key][0]}").status_code == 200 for key in keys),

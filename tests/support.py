@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import threading
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
@@ -201,3 +204,40 @@ def dagbag_class() -> Any:
     else:
         from airflow.models.dagbag import DagBag
     return DagBag
+
+
+class StatsdListener:
+    """Every StatsD line sent to 127.0.0.1:{port} while it runs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        """The counters whose names start with ``prefix``, added up."""
+        totals: dict[str, int] = defaultdict(int)
+        for line in list(self.lines):
+            name, _, rest = line.partition(":")
+            value, _, kind = rest.partition("|")
+            if name.startswith(prefix) and kind.split("|")[0] == "c":
+                totals[name] += int(float(value))
+        return dict(totals)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()

@@ -348,6 +348,18 @@ class AirflowDeployment:
         """``airflow api-server`` on 127.0.0.1 and this deployment's port."""
         return self.start("api-server", "--host", LOOPBACK, "--port", str(self.api_port))
 
+    def start_all(self) -> None:
+        """Migrate, then start the api-server, scheduler, triggerer and dag-processor; return once the API answers.
+
+        The scheduler and the triggerer run without their log servers (they would listen on every interface).
+        """
+        self.migrate()
+        self.start_api_server()
+        self.start("scheduler", "--skip-serve-logs")
+        self.start("triggerer", "--skip-serve-logs")
+        self.start("dag-processor")
+        self.wait_api_ready()
+
     def check_alive(self) -> None:
         """Raise if any component has exited."""
         for component in self.components:

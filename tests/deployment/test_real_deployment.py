@@ -211,12 +211,7 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
     emulator.configure(latency=API_LATENCY)
     emulator.reset(clear_images=True)  # the session's emulator: only this run's images from here on
 
-    deployment.migrate()
-    deployment.start_api_server()
-    deployment.start("scheduler", "--skip-serve-logs")  # no log server: it would listen on every interface
-    deployment.start("triggerer", "--skip-serve-logs")
-    deployment.start("dag-processor")
-    deployment.wait_api_ready()
+    deployment.start_all()
     lap("api-server ready")
     token = deployment.token()
     with deployment.client(token) as client:

@@ -36,12 +36,9 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
-import threading
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +49,7 @@ import pytest
 
 from airflow_provider_imagegen.testing import connection_env
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AIRFLOW_VERSION
+from tests.support import StatsdListener
 
 from .components import AirflowDeployment, call_failed, wait_until
 from .start_dags.imagegen_start_dags import (
@@ -111,43 +109,6 @@ RUN_TIMEOUT = 240.0
 PENDING_POLL = 0.02
 
 
-class StatsdListener:
-    """Every StatsD line sent to 127.0.0.1:{port} while it runs."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except TimeoutError:
-                continue
-            self.lines.extend(data.decode(errors="replace").splitlines())
-
-    def counters(self, prefix: str) -> dict[str, int]:
-        """The counters whose names start with ``prefix``, added up."""
-        totals: dict[str, int] = defaultdict(int)
-        for line in list(self.lines):
-            name, _, rest = line.partition(":")
-            value, _, kind = rest.partition("|")
-            if name.startswith(prefix) and kind.split("|")[0] == "c":
-                totals[name] += int(float(value))
-        return dict(totals)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @dataclass
 class Deployed:
     """The running deployment and what the tests need to drive and inspect it."""
@@ -198,12 +159,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, s3_server: LocalS3) -> It
         )
         deployment = AirflowDeployment(home, extra_env=env)
         try:
-            deployment.migrate()
-            deployment.start_api_server()
-            deployment.start("scheduler", "--skip-serve-logs")  # no log server: it would listen on every interface
-            deployment.start("triggerer", "--skip-serve-logs")
-            deployment.start("dag-processor")
-            deployment.wait_api_ready()
+            deployment.start_all()
             with deployment.client(deployment.token()) as client:
                 _wait(deployment, lambda: _healthy(client), what="scheduler, triggerer and dag-processor heartbeats")
                 _wait(deployment, lambda: _dags_parsed(client), what="the dag-processor to parse the test DAGs")

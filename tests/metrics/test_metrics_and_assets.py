@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_2_PLUS
-from tests.support import read_json
+from tests.support import StatsdListener, read_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("imagegen_conn", "aws_conn")]
 
@@ -42,33 +40,6 @@ for day in days:
     run = dag.test(logical_date=when, run_after=when, run_conf={"bucket": bucket, "n": 2})
     print("RUN", json.dumps({"run_id": run.run_id, "state": str(run.state)}), flush=True)
 """
-
-
-class UdpListener:
-    """Every StatsD line sent to 127.0.0.1:{port} while it runs."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except TimeoutError:
-                continue
-            self.lines.extend(data.decode().splitlines())
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 def _counters(lines: list[str]) -> tuple[dict[str, int], dict[str, list[float]]]:
@@ -91,7 +62,7 @@ def test_statsd_counters_and_constant_asset_rows_over_many_runs(airflow_db, emul
 
     with create_session() as session:
         assets_before = session.scalar(select(func.count()).select_from(AssetModel))
-    listener = UdpListener()
+    listener = StatsdListener()
     env = {
         **os.environ,
         "AIRFLOW__METRICS__STATSD_ON": "True",

@@ -99,12 +99,7 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory, _emulator_server: Any, s3
         bucket = f"imagegen-ui-{uuid.uuid4().hex[:12]}"
         s3_server.client().create_bucket(Bucket=bucket)
         _emulator_server.reset(clear_images=True)
-        deployment.migrate()
-        deployment.start_api_server()
-        deployment.start("scheduler", "--skip-serve-logs")
-        deployment.start("triggerer", "--skip-serve-logs")
-        deployment.start("dag-processor")
-        deployment.wait_api_ready()
+        deployment.start_all()
         with deployment.client() as client:
             login = client.post("/auth/token", json={"username": REVIEWER, "password": PASSWORD})
             assert login.status_code in (200, 201), login.text
