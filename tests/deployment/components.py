@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -466,3 +468,35 @@ def call_failed(request: Any) -> bool:
     """
     report = getattr(request.node, "rep_call", None)
     return report is None or bool(report.failed)
+
+
+def api(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
+    """One REST API call that must succeed; its JSON."""
+    response = client.request(method, url, **kwargs)
+    assert response.is_success, f"{method} {url} answered {response.status_code}: {response.text}"
+    return response.json()
+
+
+def new_bucket(s3: Any, prefix: str) -> str:
+    """A fresh bucket ``{prefix}-{random}`` on the local S3 server."""
+    bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    return bucket
+
+
+def trigger_run(client: httpx.Client, dag_id: str, conf: dict[str, Any], *, run_prefix: str) -> str:
+    """Trigger a run of ``dag_id`` with a logical date (now) through the REST API; its run id."""
+    run_id = f"{run_prefix}_{uuid.uuid4().hex[:8]}"
+    api(
+        client,
+        "POST",
+        f"/api/v2/dags/{dag_id}/dagRuns",
+        json={"dag_run_id": run_id, "logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf},
+    )
+    return run_id
+
+
+def task_instances(client: httpx.Client, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The task instances of one run (mapped ones included), as the REST API lists them."""
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+    return list(api(client, "GET", url, params={"limit": 100})["task_instances"])

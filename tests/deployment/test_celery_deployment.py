@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -36,7 +34,8 @@ from airflow_provider_imagegen.testing import connection_env
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS
 
 from .celery_cluster import RedisServer, celery_env, check_celery_provider, start_celery_worker, wait_worker_ready
-from .components import AirflowDeployment, call_failed, wait_until
+from .components import AirflowDeployment, call_failed, new_bucket, task_instances, trigger_run, wait_until
+from .components import api as _api
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -148,12 +147,6 @@ def _dags() -> tuple[str, ...]:
     return (MAPPED_DAG, DEFERRABLE_DAG, LOST_DAG)
 
 
-def _api(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
-    response = client.request(method, url, **kwargs)
-    assert response.is_success, f"{method} {url} answered {response.status_code}: {response.text}"
-    return response.json()
-
-
 def _healthy(client: httpx.Client) -> bool:
     health = client.get("/api/v2/monitor/health").json()
     return all(health[name]["status"] == "healthy" for name in ("scheduler", "triggerer", "dag_processor"))
@@ -164,25 +157,15 @@ def _wait(deployment: AirflowDeployment, check: Callable[[], Any], *, timeout: f
 
 
 def _new_bucket(cluster: Cluster) -> str:
-    bucket = f"imagegen-celery-{uuid.uuid4().hex[:12]}"
-    cluster.s3.client().create_bucket(Bucket=bucket)
-    return bucket
+    return new_bucket(cluster.s3, "imagegen-celery")
 
 
 def _trigger(cluster: Cluster, dag_id: str, bucket: str) -> str:
-    run_id = f"celery_test_{uuid.uuid4().hex[:8]}"
-    _api(
-        cluster.client,
-        "POST",
-        f"/api/v2/dags/{dag_id}/dagRuns",
-        json={"dag_run_id": run_id, "logical_date": datetime.now(timezone.utc).isoformat(), "conf": {"bucket": bucket}},
-    )
-    return run_id
+    return trigger_run(cluster.client, dag_id, {"bucket": bucket}, run_prefix="celery_test")
 
 
 def _task_instances(cluster: Cluster, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-    return list(_api(cluster.client, "GET", url, params={"limit": 100})["task_instances"])
+    return task_instances(cluster.client, dag_id, run_id)
 
 
 def _wait_run(

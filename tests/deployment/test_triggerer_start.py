@@ -38,9 +38,7 @@ import secrets
 import signal
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -51,7 +49,8 @@ from airflow_provider_imagegen.testing import connection_env
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AIRFLOW_VERSION
 from tests.support import StatsdListener
 
-from .components import AirflowDeployment, call_failed, wait_until
+from .components import AirflowDeployment, call_failed, new_bucket, task_instances, trigger_run, wait_until
+from .components import api as _api
 from .start_dags.imagegen_start_dags import (
     FORBIDDEN_LITERAL,
     FORBIDDEN_XCOM,
@@ -186,12 +185,6 @@ def _logs_on_failure(request: pytest.FixtureRequest, deployed: Deployed) -> Iter
 # -- helpers: REST API -----------------------------------------------------------------------------
 
 
-def _api(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
-    response = client.request(method, url, **kwargs)
-    assert response.is_success, f"{method} {url} answered {response.status_code}: {response.text}"
-    return response.json()
-
-
 def _wait(deployment: AirflowDeployment, check: Callable[[], Any], *, what: str, timeout: float = READY_TIMEOUT) -> Any:
     return wait_until(check, timeout=timeout, what=what, interval=0.5, alive=deployment.check_alive)
 
@@ -209,25 +202,15 @@ def _dags_parsed(client: httpx.Client) -> bool:
 
 
 def _new_bucket(deployed: Deployed) -> str:
-    bucket = f"imagegen-start-{uuid.uuid4().hex[:12]}"
-    deployed.s3.client().create_bucket(Bucket=bucket)
-    return bucket
+    return new_bucket(deployed.s3, "imagegen-start")
 
 
 def _trigger(deployed: Deployed, dag_id: str, bucket: str) -> str:
-    run_id = f"start_test_{uuid.uuid4().hex[:8]}"
-    _api(
-        deployed.client,
-        "POST",
-        f"/api/v2/dags/{dag_id}/dagRuns",
-        json={"dag_run_id": run_id, "logical_date": datetime.now(timezone.utc).isoformat(), "conf": {"bucket": bucket}},
-    )
-    return run_id
+    return trigger_run(deployed.client, dag_id, {"bucket": bucket}, run_prefix="start_test")
 
 
 def _task_instances(deployed: Deployed, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-    return list(_api(deployed.client, "GET", url, params={"limit": 100})["task_instances"])
+    return task_instances(deployed.client, dag_id, run_id)
 
 
 def _ti_states(deployed: Deployed, dag_id: str, run_id: str) -> dict[tuple[str, int], tuple[str, int]]:
