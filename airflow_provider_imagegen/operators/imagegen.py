@@ -229,11 +229,19 @@ class ImageGenToS3Operator(BaseOperator):
     def _why_on_a_worker(self) -> str:
         if self._start_refusal is not None:
             return self._start_refusal
-        if getattr(self, "_BaseOperator__from_mapped", False):
-            return (
-                "the task is mapped over an upstream task's XCom or over more than one argument, "
-                "or its .partial() values come from an upstream task"
-            )
+        if getattr(self, "_BaseOperator__from_mapped", False) and self.has_dag():
+            # unmapped on this worker: its values are resolved now; the mapped task says why
+            from airflow_provider_imagegen.triggerer_start import mapped_refusal
+
+            mapped: Any = self.dag.get_task(self.task_id)
+            if not getattr(mapped, "start_from_trigger", False):
+                why = mapped_refusal(
+                    type(self),
+                    {**getattr(mapped, "partial_kwargs", {}), "dag": self.dag},
+                    getattr(mapped, "expand_input", None),
+                )
+                if why is not None:
+                    return why
         return "this run started the task on a worker (dag.test(), `airflow tasks test`, or a cleared deferral)"
 
     def _generate_or_defer(self, context: Context) -> list[dict[str, Any]]:

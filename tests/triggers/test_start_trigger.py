@@ -92,6 +92,18 @@ def test_values_from_an_upstream_xcom_keep_the_task_on_a_worker(make_op, aws_con
     assert mapped_xcom.start_from_trigger is False
     assert two_args.start_from_trigger is False
     assert not_deferrable.start_from_trigger is False
+    # on the worker, unmapped with its values resolved, a map index still says why it is there
+    assert mapped_xcom.unmap({"params": {}, "prompt": "resolved"})._why_on_a_worker() == (
+        "the task is mapped over an upstream task's XCom, which only a worker resolves"
+    )
+    assert two_args.unmap({"params": {}, "prompt": "a", "size": "auto"})._why_on_a_worker() == (
+        "the task is mapped over more than one argument"
+    )
+    assert (
+        literal.unmap({"params": {}, "prompt": "a"})
+        ._why_on_a_worker()
+        .startswith("this run started the task on a worker")
+    )
     for mapped in (literal, kwargs_list):
         assert mapped.start_from_trigger is True
         serialised = deserialised(mapped)
