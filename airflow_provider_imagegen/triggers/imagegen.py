@@ -38,7 +38,7 @@ from airflow_provider_imagegen.records import Generation, RecordStore, utcnow_is
 from airflow_provider_imagegen.triggerer_start import CannotStart, render, task_arguments
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from airflow_provider_imagegen.plan import Plan, PromptJob
 
@@ -112,7 +112,12 @@ async def connection_failure(hook: ImageGenHook, log: Any) -> dict[str, Any] | N
 
 
 async def generate_each(
-    hook: ImageGenHook, requests: dict[str, ImageGenerationRequest], gate: asyncio.Semaphore, log: Any
+    hook: ImageGenHook,
+    requests: dict[str, ImageGenerationRequest],
+    gate: asyncio.Semaphore,
+    log: Any,
+    *,
+    then: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Send each request through ``gate``; every prompt's outcome: its image URLs, or its error (class kept).
 
@@ -120,6 +125,7 @@ async def generate_each(
     :param requests: prompt index → request.
     :param gate: bounds the requests in flight.
     :param log: the trigger's logger.
+    :param then: awaited with each successful outcome as soon as its call returns (outside the gate).
     """
 
     async def one(index: str) -> dict[str, Any]:
@@ -137,7 +143,7 @@ async def generate_each(
             result.elapsed,
             result.attempts,
         )
-        return {
+        outcome = {
             "status": "success",
             "generated_at": utcnow_iso(),
             "image_urls": result.image_urls,
@@ -145,6 +151,9 @@ async def generate_each(
             "attempts": result.attempts,
             "request_id": result.request_id,
         }
+        if then is not None:
+            await then(index, outcome)
+        return outcome
 
     indexes = list(requests)
     outcomes = await asyncio.gather(*(one(index) for index in indexes))
@@ -254,12 +263,16 @@ class ImageGenStartTrigger(BaseTrigger):
                 results = {str(job.prompt_index): dict(unusable) for job in to_generate}
             else:
                 gate = _task_gate(identity, values["imagegen_conn_id"], int(values["max_concurrency"]))
-                requests = {str(job.prompt_index): job.request for job in to_generate}
-                results = await generate_each(hook, requests, gate, self.log)
+                jobs = {str(job.prompt_index): job for job in to_generate}
+                requests = {index: job.request for index, job in jobs.items()}
+
+                async def record(index: str, outcome: dict[str, Any]) -> None:
+                    if store is not None:
+                        await self._record_urls(plan, jobs[index], outcome, store)
+
+                results = await generate_each(hook, requests, gate, self.log, then=record)
         finally:
             await hook.aclose()
-        if store is not None:
-            await self._record_urls(plan, to_generate, results, store)
         started["results"] = results
         return started
 
@@ -291,12 +304,11 @@ class ImageGenStartTrigger(BaseTrigger):
             self.log.warning("Cannot read what earlier tries left (%s); the worker reads it and generates", error)
             return every
 
-    async def _record_urls(
-        self, plan: Plan, jobs: list[PromptJob], results: dict[str, dict[str, Any]], store: RecordStore
-    ) -> None:
-        """Record each generated prompt's URLs in S3 before the event: a restarted trigger then pays nothing again."""
+    async def _record_urls(self, plan: Plan, job: PromptJob, outcome: dict[str, Any], store: RecordStore) -> None:
+        """Record a generated prompt's URLs in S3 as soon as its call returns, before the event: a
+        restarted trigger then pays nothing again for it."""
 
-        def record(job: PromptJob, outcome: dict[str, Any]) -> None:
+        def record() -> None:
             try:
                 urls = usable_urls(outcome["image_urls"], job.request.n, plan.min_images)
             except ImageGenError:
@@ -309,18 +321,12 @@ class ImageGenStartTrigger(BaseTrigger):
             store.record_pending(job, urls, generation, try_number=plan.task.try_number)
             outcome["recorded"] = True  # the worker need not write it again
 
-        for job in jobs:
-            outcome = results.get(str(job.prompt_index)) or {}
-            if outcome.get("status") != "success":
-                continue
-            try:
-                await asyncio.to_thread(record, job, outcome)
-            except Exception as error:
-                self.log.warning(
-                    "Prompt %d: cannot record the generated URLs yet (%s); the worker records them",
-                    job.prompt_index,
-                    error,
-                )
+        try:
+            await asyncio.to_thread(record)
+        except Exception as error:
+            self.log.warning(
+                "Prompt %d: cannot record the generated URLs yet (%s); the worker records them", job.prompt_index, error
+            )
 
 
 def _searchpath(task: Any) -> list[str]:

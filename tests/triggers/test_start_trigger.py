@@ -10,6 +10,7 @@ the emulator and the moto server; the worker's part is ``execute_complete`` with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import TYPE_CHECKING, Any
@@ -373,3 +374,35 @@ def test_a_triggerer_without_s3_leaves_the_prompts_to_the_worker(in_dag, emulato
     assert "Cannot reach S3 from the triggerer (no AWS connection in this triggerer)" in task_logs()
     assert len(copy(op, event)) == 1
     assert len(emulator.state.generation_calls()) == 1, "the worker generates it, once"
+
+
+@needs_3_3
+def test_each_prompt_is_recorded_as_its_call_returns_so_a_restart_repays_only_calls_in_flight(
+    in_dag, emulator, s3, s3_bucket
+) -> None:
+    op = in_dag(prompt=None, prompts=["first prompt", "second prompt"], max_concurrency=1)
+    emulator.configure(latency=0.6)
+    serialised = deserialised(op)
+
+    async def killed_after_the_first_record() -> None:
+        trigger = trigger_of(serialised)
+        ctx = trigger_context(serialised)
+        trigger.task_instance = ctx["ti"]
+        trigger.render_template_fields(context=ctx)
+        running = asyncio.ensure_future(trigger.run().__anext__())
+        while not any(key.endswith("000/_pending.json") for key in list_keys(s3, s3_bucket)):
+            assert not running.done(), "the trigger fired before the first record was seen"
+            await asyncio.sleep(0.02)
+        assert emulator.state.in_flight_generations == 1, "recorded while the second call is still in flight"
+        running.cancel()  # the triggerer dies while the second call is in flight
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    asyncio.run(killed_after_the_first_record())
+    emulator.configure(latency=0.0)
+    event = start(op)  # the restarted triggerer
+
+    assert set(event["results"]) == {"1"}, "the first prompt is the worker's to copy, not to pay again"
+    prompts = [call.body["prompt"] for call in emulator.state.generation_calls()]
+    assert prompts.count("first prompt") == 1
+    assert len(copy(op, event)) == 2
