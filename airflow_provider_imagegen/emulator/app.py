@@ -152,6 +152,8 @@ async def handle_generation(request: Request, state: EmulatorState) -> Response:
     except RequestValidationError as exc:
         return error_response(config, 400, exc.code, exc.message, param=exc.param)
     if _blocked_word(generation.prompt, config.blocked_words) is not None:
+        if config.policy_latency > 0:
+            await _sleep_until(time.monotonic() + config.policy_latency)
         return error_response(
             config,
             400,

@@ -25,7 +25,7 @@ RESPONSE_MODES: tuple[str, ...] = (
 )
 """Accepted values of :attr:`EmulatorConfig.response_mode`."""
 
-_NON_NEGATIVE_FLOATS: tuple[str, ...] = ("latency", "download_latency", "slow_body_seconds")
+_NON_NEGATIVE_FLOATS: tuple[str, ...] = ("latency", "policy_latency", "download_latency", "slow_body_seconds")
 _NON_NEGATIVE_INTS: tuple[str, ...] = ("rate_limit_burst", "server_errors")
 
 
@@ -41,6 +41,9 @@ class EmulatorConfig:
     """The only Bearer key accepted; anything else answers 401."""
     latency: float = 0.0
     """Seconds added to each successful-path generation call (``await asyncio.sleep``)."""
+    policy_latency: float = 0.0
+    """Seconds before a content-policy rejection (a real API moderates the prompt first; an instant
+    rejection makes a deferred task's trigger fire before Airflow has handled the deferral)."""
     download_latency: float = 0.0
     """Seconds before each image download starts to respond."""
     rate_limit_burst: int = 0

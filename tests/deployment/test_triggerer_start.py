@@ -444,7 +444,9 @@ def _kill_and_restart_triggerer(deployed: Deployed, why: str) -> list[int]:
 def test_paths_images_cost_assets_and_permanent_errors(deployed: Deployed) -> None:
     emulator = deployed.emulator
     emulator.reset(clear_images=True)
-    emulator.configure(latency=API_LATENCY, truncate_bodies=False, slow_body_seconds=0.0)
+    # rejections take time too: an instant one makes the fallback's trigger fire before Airflow has handled
+    # the worker's deferral, and Airflow then fails and retries the try (apache/airflow#72716)
+    emulator.configure(latency=API_LATENCY, policy_latency=API_LATENCY, truncate_bodies=False, slow_body_seconds=0.0)
     bucket = _new_bucket(deployed)
     started = time.monotonic()
     paths = (PATHS_DAG, _trigger(deployed, PATHS_DAG, bucket))

@@ -163,6 +163,21 @@ def test_validation_before_content_policy_before_latency(emu, generate):
     assert time.monotonic() - began < 2.5  # no latency for rejected prompts
 
 
+def test_policy_latency_delays_only_content_policy_rejections(emu, generate):
+    emu.configure(policy_latency=0.3)
+
+    began = time.monotonic()
+    blocked = generate({"prompt": "forbidden"})
+    blocked_took = time.monotonic() - began
+    began = time.monotonic()
+    allowed = generate({"prompt": "p"})
+
+    assert blocked.json()["error"]["code"] == "content_policy_violation"
+    assert blocked_took >= 0.3
+    assert allowed.status_code == 200
+    assert time.monotonic() - began < 0.3
+
+
 def test_latency(emu, generate):
     emu.configure(latency=0.3)
 

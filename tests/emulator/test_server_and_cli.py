@@ -20,6 +20,7 @@ from airflow_provider_imagegen.emulator import Emulator, EmulatorConfig
 EXPECTED_DEFAULTS = {
     "api_key": "emulator-key",
     "latency": 0.0,
+    "policy_latency": 0.0,
     "download_latency": 0.0,
     "rate_limit_burst": 0,
     "retry_after": None,
