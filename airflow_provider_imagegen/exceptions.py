@@ -346,7 +346,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a field too large for a date, e.g. "0:3000000000"
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
