@@ -11,7 +11,7 @@ The same names carry an ``outcome`` tag where the backend supports tags (OpenTel
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,13 +56,20 @@ class TryTally:
     :class:`Figures` (``list.append`` is atomic) and the totals are added up when asked for,
     so no lock is needed.
 
+    A tally kept where the try does not end (a trigger that copies for the worker) is built with
+    ``send=False``: it keeps its metrics instead of sending them, and :meth:`export` hands the
+    events and the metrics to the worker's tally (:meth:`replay`), which logs the summary line and
+    sends them, so each is counted once, by the task.
+
     :param log: the task's logger (for the summary line).
+    :param send: send each metric now (else keep it for :meth:`export`).
     """
 
-    def __init__(self, log: TaskLog) -> None:
+    def __init__(self, log: TaskLog, *, send: bool = True) -> None:
         self.log = log
         self._events: list[Figures] = []
         self._stats: Any = None
+        self._kept: list[list[Any]] | None = None if send else []
 
     @property
     def figures(self) -> Figures:
@@ -74,6 +81,9 @@ class TryTally:
         return total
 
     def _send(self, kind: str, name: str, value: float, **tags: str) -> None:
+        if self._kept is not None:
+            self._kept.append([kind, name, value, tags])
+            return
         try:
             if self._stats is None:
                 from airflow_provider_imagegen.version_compat import stats_facade
@@ -122,6 +132,21 @@ class TryTally:
         self._events.append(Figures(images_reused=len(images)))
         if send:
             self._send("incr", "images_reused", len(images))
+
+    def export(self) -> dict[str, Any]:
+        """The events and the kept metrics, as plain JSON (for a trigger's event)."""
+        return {"events": [asdict(event) for event in self._events], "metrics": list(self._kept or [])}
+
+    def replay(self, exported: dict[str, Any]) -> None:
+        """Add another tally's :meth:`export` to this one, and send the metrics it kept.
+
+        :param exported: what :meth:`export` returned.
+        """
+        names = {item.name for item in fields(Figures)}
+        for event in exported.get("events", []):
+            self._events.append(Figures(**{key: value for key, value in event.items() if key in names}))
+        for kind, name, value, tags in exported.get("metrics", []):
+            self._send(str(kind), str(name), float(value), **{str(k): str(v) for k, v in dict(tags).items()})
 
     def summary(self, prompts: int) -> str:
         """The one line logged at the end of a try."""

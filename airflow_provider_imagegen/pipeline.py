@@ -58,6 +58,7 @@ def open_pipeline(
     fail_fast: bool,
     list_records_first: bool,
     log: TaskLog,
+    tally: TryTally | None = None,
 ) -> Iterator[PromptPipeline]:
     """The parts of one try, assembled; on the way out the committed prompts' pending records go,
     the hook's HTTP client is closed and the try's cost summary is logged (not when it defers:
@@ -72,6 +73,8 @@ def open_pipeline(
     :param list_records_first: list what earlier tries left first (one LIST); else each record is read
         directly.
     :param log: the task's logger.
+    :param tally: counts what the try costs; without one, a tally that sends its metrics and
+        logs the summary line at the end. A tally passed in is the caller's to summarise.
     """
     store = RecordStore(s3_client, plan.bucket, upload_args=plan.upload_args, log=log)
     if list_records_first:
@@ -86,7 +89,8 @@ def open_pipeline(
     runner = Runner(
         max_concurrency=max_concurrency, upload_concurrency=upload_concurrency, fail_fast=fail_fast, log=log
     )
-    tally = TryTally(log)
+    summarise = tally is None
+    tally = tally or TryTally(log)
     deferring = False
     with runner:
         try:
@@ -97,7 +101,7 @@ def open_pipeline(
         finally:
             store.drop_committed()
             hook.close()
-            if not deferring:
+            if summarise and not deferring:
                 log.info("%s", tally.summary(len(plan.jobs)))
 
 

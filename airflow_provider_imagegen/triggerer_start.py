@@ -32,7 +32,7 @@ TRIGGER_CLS = "airflow_provider_imagegen.triggers.imagegen.ImageGenStartTrigger"
 NEXT_METHOD = "execute_complete"
 TRIGGER_ARGUMENTS: tuple[str, ...] = (
     *PLAN_ARGUMENTS,
-    *("imagegen_conn_id", "aws_conn_id", "max_concurrency", "max_image_bytes"),
+    *("imagegen_conn_id", "aws_conn_id", "max_concurrency", "max_image_bytes", "upload_concurrency", "fail_fast"),
 )
 """What the trigger is given of the operator (its kwargs, stored in the trigger table): the values as
 written in the DAG file, before rendering; connection ids, never a connection's secret."""

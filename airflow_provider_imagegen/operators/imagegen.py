@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_imagegen.assets import check_asset_events, emit
 from airflow_provider_imagegen.exceptions import ImageGenError
 from airflow_provider_imagegen.get_provider_info import DEFAULT_CONN_ID
-from airflow_provider_imagegen.models import ImageGenerationRequest
+from airflow_provider_imagegen.models import CopiedImage, ImageGenerationRequest
 from airflow_provider_imagegen.plan import (
     DEFAULT_MAX_IMAGES,
     PLAN_ARGUMENTS,
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
     from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
-    from airflow_provider_imagegen.models import CopiedImage
     from airflow_provider_imagegen.pipeline import PromptPipeline
 
 
@@ -284,9 +283,33 @@ class ImageGenToS3Operator(BaseOperator):
             for name in TEMPLATED_ARGUMENTS:
                 if name in start.get("rendered", {}):
                     setattr(self, name, start["rendered"][name])
+            if isinstance(start.get("copied"), dict):
+                return self._finish_copied(context, start["copied"])
             self.log.info("Started in the triggerer; this worker copies what it generated")
         with self._one_try(context, list_records_first=False) as pipeline:
             return self._finish(context, pipeline.plan, pipeline.resume_all(event))
+
+    def _finish_copied(self, context: Context, copied: dict[str, Any]) -> list[dict[str, Any]]:
+        """The triggerer generated and stored every prompt: no S3 client, no copy; the try's figures
+        (the cost line, the metrics the trigger kept) are this task's."""
+        from airflow_provider_imagegen.metrics import TryTally
+
+        try:
+            plan = self.build_plan(context)
+        except ImageGenError as error:
+            _reraise_for_airflow(error)
+        images = [CopiedImage.from_dict(image) for image in copied.get("images", [])]
+        tally = TryTally(self.log)
+        tally.replay(copied.get("tally") or {})
+        self.log.info(
+            "Started in the triggerer, which also stored the images: %d image(s) for %d prompt(s), %.1f MB in s3://%s",
+            len(images),
+            len(plan.jobs),
+            sum(image.size_bytes for image in images) / 1e6,
+            plan.bucket,
+        )
+        self.log.info("%s", tally.summary(len(plan.jobs)))
+        return self._finish(context, plan, images)
 
     def build_plan(self, context: Context) -> Plan:
         """Validate the rendered values (before any call) and lay out one job per prompt.

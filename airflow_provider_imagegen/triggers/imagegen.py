@@ -18,8 +18,13 @@ Trade-off: the API is synchronous, so a triggerer restart mid-request sends that
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -31,8 +36,9 @@ from airflow_provider_imagegen.exceptions import ImageGenError, event_from_error
 # imported here, not inside run(): an import inside the event loop would block it
 from airflow_provider_imagegen.hooks.download import DEFAULT_MAX_IMAGE_BYTES
 from airflow_provider_imagegen.hooks.imagegen import ImageGenHook
+from airflow_provider_imagegen.metrics import TryTally
 from airflow_provider_imagegen.models import ImageGenerationRequest
-from airflow_provider_imagegen.pipeline import usable_urls
+from airflow_provider_imagegen.pipeline import open_pipeline, usable_urls
 from airflow_provider_imagegen.plan import TaskIdentity, plan_from
 from airflow_provider_imagegen.records import Generation, RecordStore, utcnow_iso
 from airflow_provider_imagegen.triggerer_start import CannotStart, render, task_arguments
@@ -164,6 +170,47 @@ _GATES: weakref.WeakValueDictionary[tuple[int, str, str, str, str], asyncio.Sema
 """One gate per task and run (its map indexes share it) and event loop: ``max_concurrency`` calls at
 once. Weak: a gate goes when no trigger of its task holds it, so a long-lived triggerer keeps none."""
 
+COPIES_AT_ONCE = 8
+"""Tasks a triggerer copies to S3 at once (each as a worker would: ``max_concurrency`` prompts,
+``upload_concurrency`` images each, one part in memory per image); the others wait their turn."""
+
+_COPIES: list[ThreadPoolExecutor] = []  # the triggerer's copy threads, started with its first copy
+_S3_CLIENTS: dict[tuple[str, str], Any] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+_S3_CLIENTS_KEPT = 16
+_S3_POOL = 64  # the shared client's connections: every copy thread of every task copying at once
+
+
+def shared_s3_client(aws_conn_id: str | None) -> Any:
+    """One boto3 S3 client per AWS connection for the whole triggerer (blocking: call it in a thread).
+
+    Building a client costs about 0.2 s of CPU (botocore reads the S3 model); boto3 clients are
+    thread-safe, so every trigger of the process shares one. The key is the connection as it is
+    now (a digest of its values, kept in memory only): an edited connection gets a new client.
+
+    :param aws_conn_id: the AWS connection id (None: boto3's own credential chain).
+    """
+    hook = S3Hook(aws_conn_id=aws_conn_id, config={"max_pool_connections": _S3_POOL})
+    wrapper = hook.conn_config
+    values = {item.name: getattr(wrapper, item.name, None) for item in fields(wrapper)}
+    values.pop("botocore_config", None)  # ours, the same for every trigger
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=repr).encode()).hexdigest()
+    key = (str(aws_conn_id), digest)
+    with _S3_CLIENTS_LOCK:
+        client = _S3_CLIENTS.get(key)
+        if client is None:
+            if len(_S3_CLIENTS) >= _S3_CLIENTS_KEPT:
+                _S3_CLIENTS.clear()
+            client = _S3_CLIENTS[key] = hook.get_conn()
+    return client
+
+
+def _copy_threads() -> ThreadPoolExecutor:
+    with _S3_CLIENTS_LOCK:
+        if not _COPIES:
+            _COPIES.append(ThreadPoolExecutor(max_workers=COPIES_AT_ONCE, thread_name_prefix="imagegen-trigger-copy"))
+        return _COPIES[0]
+
 
 class ImageGenStartTrigger(BaseTrigger):
     """Start an ``ImageGenToS3Operator`` task in the triggerer, so that a worker only copies (Airflow 3.3+).
@@ -271,20 +318,59 @@ class ImageGenStartTrigger(BaseTrigger):
                         await self._record_urls(plan, jobs[index], outcome, store)
 
                 results = await generate_each(hook, requests, gate, self.log, then=record)
+            started["results"] = results
+            copies_here = store is not None and not left and {"upload_concurrency", "fail_fast"} <= values.keys()
+            if copies_here and all(outcome.get("status") == "success" for outcome in results.values()):
+                copied = await self._copy(plan, values, hook, store, started)
+                if copied is not None:
+                    started["start"]["copied"] = copied
         finally:
             await hook.aclose()
-        started["results"] = results
         return started
 
     async def _record_store(self, plan: Plan, values: dict[str, Any]) -> RecordStore | None:
         """The S3 records of the plan's bucket; None when the S3 connection cannot be used here."""
         try:
             # the connection read talks to the supervisor: asgiref's thread, as every sync read in a trigger
-            client = await sync_to_async(S3Hook(aws_conn_id=values["aws_conn_id"]).get_conn)()
+            client = await sync_to_async(shared_s3_client)(values["aws_conn_id"])
         except Exception as error:
             self.log.warning("Cannot reach S3 from the triggerer (%s); the worker reads the records", error)
             return None
         return RecordStore(client, plan.bucket, upload_args=plan.upload_args, log=self.log)
+
+    async def _copy(
+        self, plan: Plan, values: dict[str, Any], hook: ImageGenHook, store: RecordStore, event: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Copy and commit every prompt here, as the worker would (the same pipeline, in a copy thread).
+
+        The worker is then left with XCom, asset events and the cost line: no S3 client to build,
+        no image to move. Anything that goes wrong leaves the copy to the worker, which starts it
+        again from the recorded URLs (no new API call).
+
+        :returns: the stored images and the try's tally (its metrics kept for the worker to send), or None.
+        """
+        tally = TryTally(self.log, send=False)
+
+        def copy() -> list[Any]:
+            with open_pipeline(
+                plan,
+                hook=hook,
+                s3_client=store.s3_client,
+                max_concurrency=int(values["max_concurrency"]),
+                upload_concurrency=int(values["upload_concurrency"]),
+                fail_fast=bool(values["fail_fast"]),
+                list_records_first=False,
+                log=self.log,
+                tally=tally,
+            ) as pipeline:
+                return pipeline.resume_all(event)
+
+        try:
+            images = await asyncio.get_running_loop().run_in_executor(_copy_threads(), copy)
+        except Exception as error:
+            self.log.warning("Cannot copy the images from the triggerer (%s); the worker copies them", error)
+            return None
+        return {"images": [image.to_dict() for image in images], "tally": tally.export()}
 
     async def _left_by_earlier_tries(self, plan: Plan, store: RecordStore | None) -> set[int]:
         """The prompts an earlier try stored or paid for (the worker reuses or copies them); all when unknown."""

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AirflowFailException, TaskDeferred
-from tests.support import RUN_ID, list_keys, make_context, read_json
+from tests.support import list_keys, make_context, object_sha256, read_json
 from tests.triggers.starting import (
     START_CLASSPATH,
     copy,
@@ -37,6 +39,54 @@ needs_3_3 = pytest.mark.skipif(
     not AIRFLOW_V_3_3_PLUS,
     reason="Airflow 3.1 and 3.2 do not start tasks in the triggerer (the first test checks that they refuse)",
 )
+
+
+@pytest.fixture(autouse=True)
+def a_fresh_triggerer(monkeypatch) -> None:
+    """Each test is a triggerer of its own: no S3 client shared from an earlier one."""
+    from airflow_provider_imagegen.triggers import imagegen
+
+    monkeypatch.setattr(imagegen, "_S3_CLIENTS", {})
+
+
+@pytest.fixture
+def copy_left_to_the_worker(monkeypatch) -> None:
+    """The trigger records the URLs but stores nothing (as when its copy fails): the worker copies."""
+    from airflow_provider_imagegen.triggers.imagegen import ImageGenStartTrigger
+
+    async def not_here(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(ImageGenStartTrigger, "_copy", not_here)
+
+
+class Metrics:
+    """What the tallies send to Airflow's metrics, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | float]] = []
+
+    def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
+        self.sent.append((name, count))
+
+    def timing(self, name: str, value: float, tags: Any = None) -> None:
+        self.sent.append((name, value))
+
+    def counts(self) -> dict[str, int | float]:
+        totals: dict[str, int | float] = {}
+        for name, value in self.sent:
+            if not name.endswith(("generation", "copy_to_s3")):
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+
+@pytest.fixture
+def metrics(monkeypatch) -> Metrics:
+    from airflow_provider_imagegen import version_compat
+
+    sent = Metrics()
+    monkeypatch.setattr(version_compat, "stats_facade", lambda: sent)
+    return sent
 
 
 @pytest.fixture
@@ -146,8 +196,8 @@ def test_the_trigger_kwargs_hold_the_dag_file_values_and_no_secret(in_dag, emula
 
 
 @needs_3_3
-def test_the_trigger_renders_generates_and_records_and_the_worker_only_copies(
-    in_dag, emulator, s3, s3_bucket, task_logs
+def test_the_trigger_renders_generates_and_stores_and_the_worker_only_finishes(
+    in_dag, emulator, s3, s3_bucket, task_logs, metrics
 ) -> None:
     op = in_dag(prompt="banner for {{ ds }}, {{ params.theme }}", n=2)
 
@@ -159,28 +209,87 @@ def test_the_trigger_renders_generates_and_records_and_the_worker_only_copies(
     assert len(outcome["image_urls"]) == 2
     calls = emulator.state.generation_calls()
     assert [call.body["prompt"] for call in calls] == ["banner for 2026-12-05, a lighthouse"]
-    prefix = f"imagegen/imagegen_test/{RUN_ID.replace(':', '_').replace('+', '_')}"
-    pending = [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
-    assert len(pending) == 1, "the URLs are recorded before the event fires"
-    assert read_json(s3, s3_bucket, pending[0])["image_urls"] == outcome["image_urls"]
-    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith(".png")], "the trigger copies nothing"
+    stored = event["start"]["copied"]["images"]
+    keys = list_keys(s3, s3_bucket)
+    assert sorted(image["key"] for image in stored) == sorted(key for key in keys if key.endswith(".png"))
+    assert len(stored) == 2, "the trigger stored both images before it fired"
+    assert [key for key in keys if key.endswith("/manifest.json")], "and committed them"
+    assert not [key for key in keys if key.endswith("/_pending.json")], "the record goes once the manifest is in"
+    assert metrics.sent == [], "the trigger keeps its metrics for the task"
 
-    worker = in_dag(prompt="something the worker would render otherwise", n=2)
+    worker = in_dag(prompt="something the worker would render otherwise", n=2, real_s3_client=True)
     xcom = copy(worker, event)
 
-    assert len(xcom) == 2
+    assert xcom == stored
+    assert "s3_client" not in worker.__dict__, "no S3 client on the worker"
+    assert "s3_hook" not in worker.__dict__
     assert len(emulator.state.generation_calls()) == 1
     manifest = read_json(s3, s3_bucket, xcom[0]["key"].rsplit("/", 1)[0] + "/manifest.json")
     assert manifest["prompt"] == "banner for 2026-12-05, a lighthouse", "the plan follows the trigger's rendering"
-    assert outcome["recorded"] is True
     assert manifest["generated_at"] == outcome["generated_at"], "when the trigger's call answered"
-    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
+    assert [object_sha256(s3, s3_bucket, image["key"]) for image in xcom] == [image["sha256"] for image in xcom]
+    assert metrics.counts() == {
+        "imagegen.generation_calls.success": 1,
+        "imagegen.images_stored": 2,
+        "imagegen.bytes_stored": sum(image["size_bytes"] for image in xcom),
+    }, "sent once, by the task"
     logs = task_logs()
     assert "Started in the triggerer: 1 prompt(s), 1 to generate, 0 left to the worker" in logs
-    assert "Started in the triggerer; this worker copies what it generated" in logs
-    assert "Cost of this try: 1 paid generation call(s)" in logs
+    assert "Started in the triggerer, which also stored the images: 2 image(s) for 1 prompt(s)" in logs
+    assert logs.count("Cost of this try: 1 paid generation call(s)") == 1
+    assert "images requested 2, received 2, stored 2" in logs
     assert emulator.api_key not in logs + json.dumps(event) + json.dumps(xcom)
-    assert prefix.split("/")[0] == xcom[0]["key"].split("/")[0]
+
+
+@needs_3_3
+def test_when_the_triggerer_cannot_copy_the_worker_copies_the_recorded_urls(
+    in_dag, emulator, s3, s3_bucket, task_logs, metrics
+) -> None:
+    op = in_dag(n=2)
+    emulator.configure(truncate_bodies=True)  # the image host cuts the downloads short, for the trigger only
+
+    event = start(op)
+
+    emulator.configure(truncate_bodies=False)
+    assert "copied" not in event["start"]
+    assert not [key for key in list_keys(s3, s3_bucket) if key.endswith((".png", "manifest.json"))]
+    assert "Cannot copy the images from the triggerer" in task_logs()
+    pending = [key for key in list_keys(s3, s3_bucket) if key.endswith("/_pending.json")]
+    assert read_json(s3, s3_bucket, pending[0])["image_urls"] == event["results"]["0"]["image_urls"]
+
+    xcom = copy(op, event)
+
+    assert len(xcom) == 2
+    assert len(emulator.state.generation_calls()) == 1, "the worker copies the recorded URLs: no second call"
+    assert [object_sha256(s3, s3_bucket, image["key"]) for image in xcom] == [image["sha256"] for image in xcom]
+    assert metrics.counts()["imagegen.generation_calls.success"] == 1
+    assert metrics.counts()["imagegen.images_stored"] == 2
+    logs = task_logs()
+    assert "Started in the triggerer; this worker copies what it generated" in logs
+    assert logs.count("Cost of this try: 1 paid generation call(s)") == 1
+
+
+@needs_3_3
+def test_the_triggers_of_one_triggerer_share_one_s3_client_per_connection(
+    in_dag, emulator, aws_conn, monkeypatch
+) -> None:
+    from airflow_provider_imagegen.triggers import imagegen
+
+    for _ in range(3):
+        op = in_dag()
+        assert len(copy(op, start(op))) == 1
+
+    assert len(imagegen._S3_CLIENTS) == 1, "built once, used by three triggers"
+    first = next(iter(imagegen._S3_CLIENTS.values()))
+    assert "a-rotated-secret-key" not in repr(imagegen._S3_CLIENTS)
+
+    rotated = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    rotated["password"] = "a-rotated-secret-key"  # the admin rotates the key: a client of its own
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(rotated))
+    op = in_dag()
+    assert len(copy(op, start(op))) == 1
+    assert len(imagegen._S3_CLIENTS) == 2
+    assert first in imagegen._S3_CLIENTS.values()
 
 
 @needs_3_3
@@ -197,10 +306,10 @@ def test_a_rerun_of_a_finished_task_makes_no_call(in_dag, emulator) -> None:
 
 @needs_3_3
 def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(
-    in_dag, emulator, s3, s3_bucket, task_logs
+    in_dag, emulator, s3, s3_bucket, task_logs, copy_left_to_the_worker
 ) -> None:
     op = in_dag(n=2)
-    start(op)  # the triggerer dies after the record, before its event reaches the database
+    start(op)  # the triggerer dies after the record, before its copy and its event
 
     event = start(op)  # the restarted triggerer runs the trigger again
 
@@ -214,7 +323,9 @@ def test_urls_recorded_before_a_triggerer_restart_are_not_paid_again(
 
 
 @needs_3_3
-def test_a_try_that_failed_after_the_trigger_pays_nothing_again(in_dag, emulator, s3, s3_bucket, task_logs) -> None:
+def test_a_try_that_failed_after_the_trigger_pays_nothing_again(
+    in_dag, emulator, s3, s3_bucket, task_logs, copy_left_to_the_worker
+) -> None:
     op = in_dag(n=1)
     event = start(op)
     emulator.configure(truncate_bodies=True)
@@ -309,28 +420,39 @@ def test_map_indexes_read_their_own_value_and_share_max_concurrency(make_op, emu
 
     assert [event["start"]["rendered"]["prompt"] for event in events] == ["p0 2026-12-05", "p1", "p2", "p3"]
     assert emulator.stats()["max_in_flight_generations"] == 2
-    pending = sorted(key for key in list_keys(s3, s3_bucket) if key.endswith("_pending.json"))
-    assert [key.split("/")[-2] for key in pending] == ["0", "1", "2", "3"], "each map index under its own prefix"
+    manifests = sorted(key for key in list_keys(s3, s3_bucket) if key.endswith("/manifest.json"))
+    assert [key.split("/")[-2] for key in manifests] == ["0", "1", "2", "3"], "each map index under its own prefix"
+    assert [len(event["start"]["copied"]["images"]) for event in events] == [1, 1, 1, 1]
 
 
 @needs_3_3
-def test_s3_is_read_off_the_event_loop(in_dag, monkeypatch) -> None:
+def test_s3_is_read_and_written_off_the_event_loop(in_dag, monkeypatch) -> None:
     from airflow_provider_imagegen.records import RecordStore
+    from airflow_provider_imagegen.transfer import Copier
 
     threads: list[str] = []
-    real = RecordStore.list_records
+    copies: list[str] = []
+    real_list, real_copy = RecordStore.list_records, Copier.copy
 
     def spy(self: Any, prefix: str, *, nested: bool) -> None:
         threads.append(threading.current_thread().name)
-        real(self, prefix, nested=nested)
+        real_list(self, prefix, nested=nested)
+
+    def copy_spy(self: Any, *args: Any) -> Any:
+        copies.append(threading.current_thread().name)
+        return real_copy(self, *args)
 
     monkeypatch.setattr(RecordStore, "list_records", spy)
-    op = in_dag()
+    monkeypatch.setattr(Copier, "copy", copy_spy)
+    op = in_dag(n=2)
 
-    start(op)
+    event = start(op)
 
+    assert len(event["start"]["copied"]["images"]) == 2
     assert threads
     assert threads[0] != threading.main_thread().name
+    assert len(copies) == 2
+    assert threading.main_thread().name not in copies, "the copies run in threads, not in the event loop"
 
 
 @needs_3_3
@@ -399,6 +521,10 @@ def test_each_prompt_is_recorded_as_its_call_returns_so_a_restart_repays_only_ca
             await running
 
     asyncio.run(killed_after_the_first_record())
+    deadline = time.monotonic() + 10
+    while emulator.state.in_flight_generations:  # the cancelled call ends in this test, not in the next one
+        assert time.monotonic() < deadline, "the cancelled call never ended"
+        time.sleep(0.02)
     emulator.configure(latency=0.0)
     event = start(op)  # the restarted triggerer
 
