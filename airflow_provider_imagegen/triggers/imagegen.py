@@ -319,8 +319,9 @@ class ImageGenStartTrigger(BaseTrigger):
 
                 results = await generate_each(hook, requests, gate, self.log, then=record)
             started["results"] = results
-            copies_here = store is not None and not left and {"upload_concurrency", "fail_fast"} <= values.keys()
-            if copies_here and all(outcome.get("status") == "success" for outcome in results.values()):
+            copies_here = not left and {"upload_concurrency", "fail_fast"} <= values.keys()
+            succeeded = all(outcome.get("status") == "success" for outcome in results.values())
+            if store is not None and copies_here and succeeded:
                 copied = await self._copy(plan, values, hook, store, started)
                 if copied is not None:
                     started["start"]["copied"] = copied
