@@ -13,6 +13,7 @@ are tested with fakes in milliseconds.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -182,7 +183,7 @@ class Runner:
         """Run ``function(*args, **kwargs)`` in the background (at most ``max_concurrency`` at once)."""
         if self._background is None:
             raise RuntimeError("Runner used outside its `with` block")
-        return self._background.submit(function, *args, **kwargs)
+        return self._background.submit(contextvars.copy_context().run, function, *args, **kwargs)
 
     # -- the one way work is spread over threads ---------------------------------------------------
 
@@ -201,7 +202,8 @@ class Runner:
                 return {0: error}
         outcomes: dict[int, Any] = {}
         with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            futures = [pool.submit(function, item) for item in items]  # type: ignore[arg-type]
+            # each thread logs with the caller's context (a triggerer routes each trigger's lines by it)
+            futures = [pool.submit(contextvars.copy_context().run, function, item) for item in items]  # type: ignore[arg-type]
             wait(futures, return_when=FIRST_EXCEPTION if stop_early else ALL_COMPLETED)
             for future in futures:
                 future.cancel()

@@ -233,3 +233,26 @@ def test_start_in_background_runs_in_the_background_and_needs_the_with_block():
         assert future.result(timeout=5) == 5
     with pytest.raises(RuntimeError):
         runner.start_in_background(print)
+
+
+def test_every_thread_runs_with_the_callers_context():
+    """A triggerer routes a trigger's log lines by context variables: the copy threads must carry them."""
+    import contextvars
+
+    trigger_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("trigger_id", default=None)
+    trigger_id.set(7)
+    together = threading.Barrier(3, timeout=10)  # three threads at once, none of them the caller
+
+    def job(index: int) -> list[tuple[int | None, str]]:
+        together.wait()
+        return [(trigger_id.get(), threading.current_thread().name)]
+
+    with _runner(max_concurrency=3) as runner:
+        seen = runner.run([0, 1, 2], job)
+        copied = runner.copy_all(3, lambda index: trigger_id.get(), undo=lambda done: None, progress=lambda *a: None)
+        background = runner.start_in_background(trigger_id.get).result()
+
+    assert [value for value, _ in seen] == [7, 7, 7]
+    assert len({name for _, name in seen}) == 3, "the jobs ran on three threads"
+    assert copied == [7, 7, 7]
+    assert background == 7

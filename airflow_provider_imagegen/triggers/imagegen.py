@@ -18,6 +18,7 @@ Trade-off: the API is synchronous, so a triggerer restart mid-request sends that
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import os
@@ -367,7 +368,9 @@ class ImageGenStartTrigger(BaseTrigger):
                 return pipeline.resume_all(event)
 
         try:
-            images = await asyncio.get_running_loop().run_in_executor(_copy_threads(), copy)
+            # with the trigger's context: the triggerer routes the copy's log lines to the task's trigger log by it
+            run_here = contextvars.copy_context().run
+            images = await asyncio.get_running_loop().run_in_executor(_copy_threads(), run_here, copy)
         except Exception as error:
             self.log.warning("Cannot copy the images from the triggerer (%s); the worker copies them", error)
             return None

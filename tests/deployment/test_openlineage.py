@@ -127,7 +127,7 @@ def test_lineage_is_none_without_openlineage(
     not AIRFLOW_V_3_3_PLUS, reason="tasks start in the triggerer from Airflow 3.3 (3.1: the path above)"
 )
 def test_lineage_after_a_start_in_the_triggerer(openlineage: str, make_op: Any, s3_bucket: str) -> None:
-    """The worker that copies after the start trigger reports what it stored, as the worker-only path does."""
+    """The worker that finishes after the start trigger (which stored the images) reports them, as on a worker."""
     from tests.triggers.starting import copy, in_a_dag, start
 
     with in_a_dag():

@@ -335,10 +335,11 @@ def test_deferrable_run_and_asset_consumer_in_a_real_deployment(
         " (the scheduler log shows Airflow's defer/trigger race, apache/airflow#66374 / #72716)" if race else ""
     )
     worker_log, trigger_log = _task_logs(deployment, run_id)
-    if AIRFLOW_V_3_3_PLUS:  # the scheduler deferred it: the only worker start copies
+    if AIRFLOW_V_3_3_PLUS:  # the scheduler deferred it; the trigger generated and copied; one worker start
         assert "Pausing task as DEFERRED" not in worker_log, "a worker deferred generate_images"
-        assert "Started in the triggerer; this worker copies what it generated" in worker_log
+        assert "Started in the triggerer, which also stored the images" in worker_log
         assert "Started in the triggerer: 1 prompt(s), 1 to generate" in trigger_log
+        assert "copied and verified" in trigger_log
         assert worker_log.count("::group::Pre Execute") == 1, "more than one worker start"
     else:
         assert "Pausing task as DEFERRED" in worker_log, "the worker never deferred generate_images"
