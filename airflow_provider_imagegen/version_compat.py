@@ -235,8 +235,8 @@ VERSION_DIFFERENCES: tuple[tuple[str, str, str], ...] = (
     (
         "deferrable tasks (``deferrable=True``)",
         "defer from a worker: one worker start before the API call, one after",
-        "3.2: the same; 3.3: the scheduler starts them in the triggerer, one worker start to copy (the "
-        "docs' *Deferrable mode* says when a task still defers from a worker)",
+        "3.2: the same; 3.3: the scheduler starts them in the triggerer, which generates and copies; one "
+        "worker start to finish (the docs' *Deferrable mode* says when a task still defers from a worker)",
     ),
     ("metrics", "core's ``Stats``", "the task SDK's metrics"),
     (

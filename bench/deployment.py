@@ -17,7 +17,7 @@ The modes run one after the other, each a DAG run triggered through the REST API
 * B7c: the same with ``deferrable=True, max_concurrency=C`` and no pool: on Airflow 3.3 these tasks
   start in the triggerer, where a pool does not apply (the scheduler defers them before any pool
   check) and ``max_concurrency`` is the API budget their map indexes share; a pool that counts
-  deferred tasks would only hold back the workers that copy until nearly every trigger is done;
+  deferred tasks would only hold back the workers that finish them until nearly every trigger is done;
 * B7d: Airflow's own cost of a deferral: the stock ``TimeDeltaSensor(deferrable=True)`` mapped N
   times (``.partial(...).expand(delta=...)``), each waiting ``SENSOR_WAIT`` from its own start. The
   sensor counts ``delta`` from the run's data interval end: a fixed ``delta`` would have passed before

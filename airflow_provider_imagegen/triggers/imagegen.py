@@ -13,6 +13,9 @@ flight and closes the pool.
 
 Trade-off: the API is synchronous, so a triggerer restart mid-request sends that request again
 (and it may be billed twice). The worker-side retry safety (manifest, recorded URLs) still holds.
+
+``ImageGenStartTrigger`` starts a whole task in the triggerer (Airflow 3.3+): the same calls, and
+the S3 reads, records and copies in threads of the triggerer, with the worker's code.
 """
 
 from __future__ import annotations
@@ -214,20 +217,24 @@ def _copy_threads() -> ThreadPoolExecutor:
 
 
 class ImageGenStartTrigger(BaseTrigger):
-    """Start an ``ImageGenToS3Operator`` task in the triggerer, so that a worker only copies (Airflow 3.3+).
+    """Start an ``ImageGenToS3Operator`` task in the triggerer, so that a worker only finishes it (Airflow 3.3+).
 
     The scheduler creates it with the operator's arguments as written in the DAG file
     (``triggerer_start.start_args``); the triggerer gives it the task instance and its context.
-    It then does what ``execute()`` does up to the API call: renders the templated arguments,
-    builds the plan (the same validation, before any call), leaves to the worker every prompt
-    an earlier try stored or paid for (reading S3 in threads, never in the event loop),
-    generates the others (the task's map indexes share ``max_concurrency`` calls at once), and
-    records their URLs in S3 before it fires: a triggerer restart after that pays nothing again.
+    It then does what ``execute()`` does: renders the templated arguments, builds the plan (the
+    same validation, before any call), leaves to the worker every prompt an earlier try stored or
+    paid for (reading S3 in threads, never in the event loop), generates the others (the task's
+    map indexes share ``max_concurrency`` calls at once) and records each one's URLs in S3 as its
+    call returns: a triggerer restart after that pays nothing again. When every prompt was
+    generated, it copies and commits them with the worker's pipeline in one of the triggerer's
+    copy threads (:data:`COPIES_AT_ONCE` tasks at once, one S3 client per AWS connection for the
+    whole triggerer); a copy that fails is left to the worker.
 
     The event holds the rendered values (the worker builds its plan from them: one rendering
-    decides) and each generated prompt's URLs or error. When it cannot start the task (a value it
-    cannot render, a mapped value it cannot read), its event hands the task back to a worker,
-    which defers it the classic way (``ImageGenTrigger``).
+    decides), each generated prompt's URLs or error, and after a copy the stored images and the
+    try's figures (the worker sends the metrics and logs the cost line). When it cannot start the
+    task (a value it cannot render, a mapped value it cannot read), its event hands the task back
+    to a worker, which defers it the classic way (``ImageGenTrigger``).
 
     :param arguments: the operator's arguments (``triggerer_start.TRIGGER_ARGUMENTS``), unrendered;
         connection ids, never a secret.
