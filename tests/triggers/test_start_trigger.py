@@ -21,7 +21,7 @@ import pytest
 
 from airflow_provider_imagegen.exceptions import ImageGenDownloadError
 from airflow_provider_imagegen.version_compat import AIRFLOW_V_3_3_PLUS, AirflowFailException, TaskDeferred
-from tests.support import list_keys, make_context, object_sha256, read_json
+from tests.support import list_keys, make_context, multipart_uploads, object_sha256, read_json
 from tests.triggers.starting import (
     START_CLASSPATH,
     copy,
@@ -267,6 +267,40 @@ def test_when_the_triggerer_cannot_copy_the_worker_copies_the_recorded_urls(
     logs = task_logs()
     assert "Started in the triggerer; this worker copies what it generated" in logs
     assert logs.count("Cost of this try: 1 paid generation call(s)") == 1
+
+
+@needs_3_3
+@pytest.mark.parametrize(
+    ("knobs", "kwargs", "message", "permanent"),
+    [
+        ({"wrong_format": True}, {}, "png was asked", True),
+        ({"wrong_dimensions": True, "noise": True}, {"size": "3840x2160"}, "3840x2160 was asked", True),
+        ({"image_content_type": "text/html"}, {}, "text/html", True),
+        ({"noise": True}, {"size": "3840x2160", "max_image_bytes": 1_000_000}, "above the cap", False),
+    ],
+    ids=["jpeg-for-png", "wrong-size-multipart", "html", "over-the-byte-cap"],
+)
+def test_a_hostile_image_host_gets_nothing_into_s3_from_the_triggerer(
+    in_dag, emulator, s3, s3_bucket, task_logs, knobs, kwargs, message, permanent
+) -> None:
+    from airflow_provider_imagegen.exceptions import ImageGenError
+
+    emulator.configure(**knobs)
+    op = in_dag(**kwargs)
+
+    event = start(op)
+
+    assert "copied" not in event["start"], "the triggerer stored what the host lied about"
+    assert [key for key in list_keys(s3, s3_bucket) if not key.endswith("/_pending.json")] == []
+    assert multipart_uploads(s3, s3_bucket) == [], "an upload left open in the triggerer"
+    assert "Cannot copy the images from the triggerer" in task_logs()
+    with pytest.raises((AirflowFailException, ImageGenError), match=message) as failed:
+        copy(op, event)  # the worker meets the same bytes
+    # as on a worker: bytes served for this request fail at once; a body over the cap is retried (copy only)
+    assert isinstance(failed.value, AirflowFailException) is permanent
+    assert [key for key in list_keys(s3, s3_bucket) if not key.endswith("/_pending.json")] == []
+    assert multipart_uploads(s3, s3_bucket) == []
+    assert len(emulator.state.generation_calls()) == 1
 
 
 @needs_3_3
