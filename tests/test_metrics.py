@@ -161,3 +161,29 @@ def test_prompt_cost_is_what_the_manifest_records():
         "api_seconds": 1.235,
     }
     assert prompt_cost(calls=1, requested=1, received=1, images=[], seconds=None)["api_seconds"] == 0.0
+
+
+def test_a_tally_kept_for_the_worker_sends_nothing_and_the_worker_sends_it_all_once():
+    """The start trigger copies with a quiet tally; the worker replays it: each metric sent once, by the task."""
+    import json
+
+    kept = TryTally(RecordingLog(), send=False)
+    kept._stats = RecordingStats()
+    kept.generated(requested=2, received=2, seconds=1.5)
+    kept.stored(_images(2), 0.25)
+    assert kept._stats.sent == [], "the triggerer sends nothing"
+
+    exported = json.loads(json.dumps(kept.export()))  # through the trigger's event
+    worker, _ = _tally()
+    worker.replay(exported)
+
+    assert worker.figures == kept.figures
+    assert worker._stats.sent == [
+        ("incr", f"{PREFIX}.generation_calls.success", 1, {"outcome": "success"}),
+        ("timing", f"{PREFIX}.generation", 1500.0, None),
+        ("incr", f"{PREFIX}.images_stored", 2, None),
+        ("incr", f"{PREFIX}.bytes_stored", 2001, None),
+        ("timing", f"{PREFIX}.copy_to_s3", 250.0, None),
+    ]
+    assert "1 paid generation call(s)" in worker.summary(1)
+    assert "stored 2" in worker.summary(1)
