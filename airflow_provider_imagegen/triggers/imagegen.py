@@ -227,7 +227,7 @@ class ImageGenStartTrigger(BaseTrigger):
     map indexes share ``max_concurrency`` calls at once) and records each one's URLs in S3 as its
     call returns: a triggerer restart after that pays nothing again. When every prompt was
     generated, it copies and commits them with the worker's pipeline in one of the triggerer's
-    copy threads (:data:`COPIES_AT_ONCE` tasks at once, one S3 client per AWS connection for the
+    copy threads (``COPIES_AT_ONCE`` tasks at once, one S3 client per AWS connection for the
     whole triggerer); a copy that fails is left to the worker.
 
     The event holds the rendered values (the worker builds its plan from them: one rendering
